@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint controlplane bench bench-quick clean
+
+$(BIN)/watchcache: pyproject.toml
+	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+controlplane:
+	bash deploy/controlplane/build.sh >/dev/null
+
+## run: the proxy on a local control plane with the KubeRay CRDs (http://127.0.0.1:31888)
+run: $(BIN)/watchcache controlplane
+	$(BIN)/watchcache dev
+
+## test: every test, against a real kube-apiserver and etcd built from source
+test: $(BIN)/watchcache controlplane lint
+	$(BIN)/pytest -q tests
+
+lint: $(BIN)/watchcache
+	$(BIN)/ruff check watchcache tests benchmarks examples
+	$(BIN)/ruff format --check watchcache tests benchmarks examples
+
+bench: $(BIN)/watchcache controlplane
+	$(BIN)/python -m benchmarks.run
+
+bench-quick: $(BIN)/watchcache controlplane
+	$(BIN)/python -m benchmarks.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,121 @@
+"""``watchcache serve`` (a real cluster) and ``watchcache dev`` (a local control plane)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from watchcache.config import Settings
+
+DEV_PORT = 31888  # the port the KubeRay APIServer docs use
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="forward every request to the API server, as the reference APIServer does",
+    )
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="cache only this namespace (repeatable); default: all namespaces",
+    )
+    parser.add_argument(
+        "--cors-allow-origin", default=None, help="value of Access-Control-Allow-Origin"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="watchcache", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve against a Kubernetes cluster")
+    serve.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)",
+    )
+    serve.add_argument("--context", default=None, help="kubeconfig context")
+    serve.add_argument(
+        "--port", type=int, default=8888, help="port to listen on (0 picks a free one)"
+    )
+    _common(serve)
+
+    dev = sub.add_parser(
+        "dev", help="build and start a local control plane with the KubeRay CRDs, and serve it"
+    )
+    dev.add_argument("--port", type=int, default=DEV_PORT, help="port to listen on")
+    _common(dev)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "bind": args.bind,
+        "port": args.port,
+        "cache": not args.no_cache,
+        "namespaces": tuple(args.namespace),
+        "cors_allow_origin": args.cors_allow_origin,
+        "kubeconfig": getattr(args, "kubeconfig", None),
+        "context": getattr(args, "context", None),
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "serve":
+        from watchcache.app import Server
+
+        asyncio.run(Server(settings_from(args)).serve_forever())
+    else:
+        dev(args)
+
+
+def dev(args: argparse.Namespace) -> None:
+    from watchcache.app import Server
+    from watchcache.controlplane import ControlPlane, log
+
+    log("starting etcd and kube-apiserver (building them first if needed)")
+    with ControlPlane() as cp:
+        settings = settings_from(args, kubeconfig=str(cp.kubeconfig))
+        proxy_kubeconfig = cp.workdir / "watchcache.kubeconfig"
+        base = f"http://{args.bind}:{args.port}"
+        cp.write_kubeconfig(proxy_kubeconfig, cp.admin, server=base)
+        sample = cp.samples_dir / "ray-cluster.sample.yaml"
+        print(
+            f"""
+watchcache is serving {base}  (Ctrl-C stops everything)
+
+  kube-apiserver kubeconfig:  {cp.kubeconfig}
+  kubeconfig for watchcache:  {proxy_kubeconfig}
+  kubectl:                    {cp.kubectl}
+
+Try:
+  curl -s -X POST -H 'Content-Type: application/yaml' --data-binary @{sample} \\
+       {base}/apis/ray.io/v1/namespaces/default/rayclusters
+  curl -s {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
+  curl -s '{base}/apis/ray.io/v1/rayclusters?labelSelector=ray.io/cluster'
+  curl -sN '{base}/apis/ray.io/v1/namespaces/default/rayclusters?watch=true'
+  curl -s -X DELETE {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
+""",
+            flush=True,
+        )
+        asyncio.run(Server(settings).serve_forever())
+
+
+if __name__ == "__main__":
+    main()

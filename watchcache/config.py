@@ -1,0 +1,61 @@
+"""One settings object for the whole server, filled from flags (cli.py) or by library users."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResourceSpec:
+    """A Kubernetes resource that watchcache serves; adding one to the cache is configuration."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def list_kind(self) -> str:
+        return f"{self.kind}List"
+
+    @property
+    def api_prefix(self) -> str:
+        """The path prefix of the resource's group version: /apis/ray.io/v1 or /api/v1."""
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+
+    def collection_path(self, namespace: str | None = None) -> str:
+        if namespace is None or not self.namespaced:
+            return f"{self.api_prefix}/{self.plural}"
+        return f"{self.api_prefix}/namespaces/{namespace}/{self.plural}"
+
+
+RAY_RESOURCES: tuple[ResourceSpec, ...] = (
+    ResourceSpec(group="ray.io", version="v1", plural="rayclusters", kind="RayCluster"),
+    ResourceSpec(group="ray.io", version="v1", plural="rayjobs", kind="RayJob"),
+    ResourceSpec(group="ray.io", version="v1", plural="rayservices", kind="RayService"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything that shapes one server. Defaults are the ones `watchcache serve` uses."""
+
+    bind: str = "127.0.0.1"
+    port: int = 8888
+    kubeconfig: str | None = None
+    context: str | None = None
+    # Serve reads from the cache (the point of watchcache); False forwards every request,
+    # as the reference APIServer does.
+    cache: bool = True
+    # Namespaces to cache; empty means all (needs cluster-wide list/watch permission).
+    namespaces: tuple[str, ...] = ()
+    resources: tuple[ResourceSpec, ...] = RAY_RESOURCES
+    # How long an upstream request may take before it is abandoned (watches excepted).
+    upstream_timeout: float = 60.0
+    cors_allow_origin: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,348 @@
+"""The async HTTP/1.1 client to the Kubernetes API server.
+
+Written on tornado's HTTP1Connection rather than AsyncHTTPClient for two reasons the
+hot paths need: connections are kept alive and reused (no TLS handshake per write), and
+a response body is handed over chunk by chunk with backpressure (the sink's ``data``
+may return an awaitable, which pauses reading until the downstream client has taken
+the bytes). Credentials come from the ``kubernetes`` package's config loaders, so
+kubeconfig exec plugins, token files and in-cluster service accounts all work.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import orjson
+from tornado import httputil, iostream
+from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
+from tornado.tcpclient import TCPClient
+
+log = logging.getLogger(__name__)
+
+Body = bytes | AsyncIterator[bytes] | None
+
+
+class UpstreamError(Exception):
+    """The API server could not be reached, or the connection broke mid-response."""
+
+
+class ResponseSink(Protocol):
+    """Receives one upstream response as it arrives; return an awaitable to apply backpressure."""
+
+    def head(
+        self, code: int, reason: str, headers: httputil.HTTPHeaders
+    ) -> Awaitable[None] | None: ...
+
+    def data(self, chunk: bytes) -> Awaitable[None] | None: ...
+
+    def end(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Response:
+    """A whole (buffered) upstream response, for small internal calls."""
+
+    code: int
+    headers: httputil.HTTPHeaders
+    body: bytes
+
+    def json(self) -> object:
+        return orjson.loads(self.body)
+
+
+class _Delegate(httputil.HTTPMessageDelegate):
+    """Adapts a ResponseSink to tornado's message delegate, recording whether it completed."""
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self.sink = sink
+        self.started = False
+        self.finished = False
+        self.keep_alive = False
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, httputil.ResponseStartLine)
+        self.started = True
+        self.keep_alive = start_line.version == "HTTP/1.1" and (
+            headers.get("Connection", "").lower() != "close"
+        )
+        return self.sink.head(start_line.code, start_line.reason, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.sink.data(chunk)
+
+    def finish(self) -> None:
+        self.finished = True
+        self.sink.end()
+
+    def on_connection_close(self) -> None:
+        pass
+
+
+class _Buffer:
+    """A sink that keeps the whole response."""
+
+    def __init__(self) -> None:
+        self.code = 0
+        self.headers = httputil.HTTPHeaders()
+        self.chunks: list[bytes] = []
+
+    def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
+        self.code, self.headers = code, headers
+
+    def data(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def end(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Where the API server is and how to authenticate to it."""
+
+    server: str
+    ssl_context: ssl.SSLContext | None
+    # Called per request: exec plugins and projected service-account tokens rotate.
+    authorization: Callable[[], str | None]
+
+
+def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+    """Kubeconfig (``--kubeconfig``/``$KUBECONFIG``/~/.kube/config) or, failing that, in-cluster."""
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    try:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    except config.ConfigException:
+        if kubeconfig or context:
+            raise
+        config.load_incluster_config(client_configuration=cfg)
+
+    ctx: ssl.SSLContext | None = None
+    if cfg.host.startswith("https"):
+        ctx = (
+            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+            if cfg.verify_ssl
+            else (ssl._create_unverified_context())
+        )
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        if cfg.tls_server_name:
+            ctx.check_hostname = True
+
+    def authorization() -> str | None:
+        # The loaders keep the token under "BearerToken" (older releases: "authorization");
+        # the call runs their refresh hook, so expiring exec-plugin tokens are renewed.
+        token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+        if token:
+            return token
+        return cfg.get_basic_auth_token() if cfg.username else None
+
+    return Credentials(server=cfg.host, ssl_context=ctx, authorization=authorization)
+
+
+class Upstream:
+    """A pool of keep-alive HTTP/1.1 connections to one API server."""
+
+    def __init__(self, credentials: Credentials, *, max_idle: int = 64) -> None:
+        self.credentials = credentials
+        url = urlsplit(credentials.server)
+        self.host = url.hostname or "127.0.0.1"
+        self.port = url.port or (443 if url.scheme == "https" else 80)
+        self.base_path = url.path.rstrip("/")
+        self.netloc = url.netloc
+        self._tcp = TCPClient()
+        self._idle: list[iostream.IOStream] = []
+        self._max_idle = max_idle
+        self._params = HTTP1ConnectionParameters(
+            no_keep_alive=False, decompress=False, max_body_size=1 << 40, chunk_size=65536
+        )
+
+    async def _connect(self) -> iostream.IOStream:
+        while self._idle:
+            stream = self._idle.pop()
+            if not stream.closed():
+                return stream
+        try:
+            stream = await self._tcp.connect(
+                self.host,
+                self.port,
+                ssl_options=self.credentials.ssl_context,
+                max_buffer_size=1 << 28,
+            )
+        except (OSError, iostream.StreamClosedError, ssl.SSLError) as exc:
+            raise UpstreamError(f"cannot connect to the Kubernetes API server: {exc}") from exc
+        stream.set_nodelay(True)
+        return stream
+
+    def _release(self, stream: iostream.IOStream) -> None:
+        if stream.closed() or len(self._idle) >= self._max_idle:
+            stream.close()
+        else:
+            self._idle.append(stream)
+
+    def close(self) -> None:
+        for stream in self._idle:
+            stream.close()
+        self._idle.clear()
+
+    def _headers(
+        self, headers: httputil.HTTPHeaders | dict[str, str] | None
+    ) -> httputil.HTTPHeaders:
+        out = httputil.HTTPHeaders()
+        if headers:
+            for name, value in headers.items():
+                out.add(name, value)
+        out["Host"] = self.netloc
+        auth = self.credentials.authorization()
+        if auth:
+            out["Authorization"] = auth
+        elif "Authorization" in out:
+            del out["Authorization"]
+        return out
+
+    async def send(
+        self,
+        method: str,
+        target: str,
+        sink: ResponseSink,
+        *,
+        headers: httputil.HTTPHeaders | dict[str, str] | None = None,
+        body: Body = None,
+        stream: iostream.IOStream | None = None,
+    ) -> None:
+        """Sends one request and feeds its response to ``sink``.
+
+        A stale kept-alive connection fails before any response byte arrives; such a
+        request is sent again once on a fresh connection when its body can be replayed.
+        """
+        for attempt in (0, 1):
+            reused = bool(self._idle) and stream is None
+            conn_stream = stream or await self._connect()
+            delegate = _Delegate(sink)
+            try:
+                await self._exchange(conn_stream, method, target, headers, body, delegate)
+            except (iostream.StreamClosedError, OSError, ssl.SSLError) as exc:
+                conn_stream.close()
+                replayable = not isinstance(body, AsyncIterator)
+                if attempt == 0 and reused and not delegate.started and replayable:
+                    continue
+                raise UpstreamError(
+                    f"connection to the Kubernetes API server failed: {exc}"
+                ) from exc
+            if not delegate.finished:
+                conn_stream.close()
+                raise UpstreamError("the Kubernetes API server closed the connection mid-response")
+            if delegate.keep_alive:
+                self._release(conn_stream)
+            else:
+                conn_stream.close()
+            return
+
+    async def _exchange(
+        self,
+        stream: iostream.IOStream,
+        method: str,
+        target: str,
+        headers: httputil.HTTPHeaders | dict[str, str] | None,
+        body: Body,
+        delegate: _Delegate,
+    ) -> None:
+        conn = HTTP1Connection(stream, True, self._params)
+        out = self._headers(headers)
+        if isinstance(body, bytes):
+            out["Content-Length"] = str(len(body))
+            out.pop("Transfer-Encoding", None)
+        elif body is None:
+            if method in ("POST", "PUT", "PATCH"):
+                out["Content-Length"] = "0"
+            out.pop("Transfer-Encoding", None)
+        else:
+            # tornado frames a streamed body itself: chunked for POST/PUT/PATCH without a
+            # Content-Length, raw bytes when the caller passed one on.
+            out.pop("Transfer-Encoding", None)
+            if "Content-Length" not in out and method not in ("POST", "PUT", "PATCH"):
+                raise ValueError(f"a streamed {method} body needs a Content-Length")
+        start = httputil.RequestStartLine(method, self.base_path + target, "HTTP/1.1")
+        await conn.write_headers(start, out)
+        if isinstance(body, bytes):
+            if body:
+                await conn.write(body)
+        elif body is not None:
+            async for chunk in body:
+                if chunk:
+                    await conn.write(chunk)
+        conn.finish()
+        await conn.read_response(delegate)
+        if not delegate.started and stream.closed():
+            raise iostream.StreamClosedError()
+
+    async def fetch(
+        self,
+        method: str,
+        target: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes | None = None,
+    ) -> Response:
+        """A whole response; for small internal calls (discovery, CRDs), not for proxying."""
+        buf = _Buffer()
+        await self.send(method, target, buf, headers=headers, body=body)
+        return Response(buf.code, buf.headers, b"".join(buf.chunks))
+
+    async def get_json(self, target: str) -> object:
+        resp = await self.fetch("GET", target, headers={"Accept": "application/json"})
+        if resp.code != 200:
+            raise UpstreamError(f"GET {target}: HTTP {resp.code}: {resp.body[:300]!r}")
+        return resp.json()
+
+
+class LineSink:
+    """A sink that splits a streamed body into lines (watch events), delivered to ``on_line``.
+
+    ``on_line`` may return an awaitable; the stream then waits for it, so a slow consumer
+    slows the read instead of growing a buffer.
+    """
+
+    def __init__(self, on_line: Callable[[bytes], Awaitable[None] | None]) -> None:
+        self.on_line = on_line
+        self.code = 0
+        self.headers = httputil.HTTPHeaders()
+        self.error_body = b""
+        self._partial = b""
+        self.last_data = time.monotonic()
+
+    def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
+        self.code, self.headers = code, headers
+
+    async def _deliver(self, lines: list[bytes]) -> None:
+        for line in lines:
+            result = self.on_line(line)
+            if result is not None:
+                await result
+
+    def data(self, chunk: bytes) -> Awaitable[None] | None:
+        self.last_data = time.monotonic()
+        if self.code != 200:
+            if len(self.error_body) < 65536:
+                self.error_body += chunk
+            return None
+        data = self._partial + chunk
+        *lines, self._partial = data.split(b"\n")
+        lines = [line for line in lines if line.strip()]
+        return self._deliver(lines) if lines else None
+
+    def end(self) -> None:
+        if self.code == 200 and self._partial.strip():
+            self.on_line(self._partial)
+        self._partial = b""
