@@ -23,9 +23,11 @@ run: $(BIN)/watchcache controlplane
 test: $(BIN)/watchcache controlplane lint
 	$(BIN)/pytest -q tests
 
+LINTED := $(wildcard watchcache tests benchmarks examples)
+
 lint: $(BIN)/watchcache
-	$(BIN)/ruff check watchcache tests benchmarks examples
-	$(BIN)/ruff format --check watchcache tests benchmarks examples
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 
 bench: $(BIN)/watchcache controlplane
 	$(BIN)/python -m benchmarks.run
