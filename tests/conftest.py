@@ -148,3 +148,9 @@ def samples(controlplane: ControlPlane) -> Path:
 
 
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+
+
+@pytest.fixture(scope="session")
+def cached(proxy_factory: Callable[..., Proxy]) -> Proxy:
+    """watchcache with its cache: reads from the watch-fed store."""
+    return proxy_factory()
