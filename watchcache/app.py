@@ -6,16 +6,21 @@ import asyncio
 import logging
 import re
 import signal
-from collections.abc import Callable
 from typing import Any
 
+from cachetools import LRUCache
 from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
-from watchcache.config import Settings
+from watchcache.config import ResourceSpec, Settings
 from watchcache.handlers.base import HealthHandler, NotFoundHandler, ReadyHandler
 from watchcache.handlers.proxy import PassThroughHandler
+from watchcache.handlers.read import CachedResource, ResourceHandler, list_path_args
+from watchcache.pagination import ContinueCodec
+from watchcache.reflector import Reflector
+from watchcache.store import Store
 from watchcache.upstream import Credentials, Upstream, load_credentials
+from watchcache.watch import Hub
 
 log = logging.getLogger("watchcache")
 
@@ -26,23 +31,58 @@ class Runtime:
     def __init__(self, settings: Settings, upstream: Upstream) -> None:
         self.settings = settings
         self.upstream = upstream
-        self.readiness: list[Callable[[], str | None]] = []
+        self.retry = settings.retry
+        self.cached: dict[ResourceSpec, CachedResource] = {}
+        self.reflectors: list[Reflector] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        if settings.cache:
+            codec = ContinueCodec()
+            feeds: tuple[str | None, ...] = settings.namespaces or (None,)
+            for spec in settings.resources:
+                store = Store(feeds=feeds)
+                self.cached[spec] = CachedResource(
+                    spec=spec,
+                    store=store,
+                    hub=Hub(store),
+                    codec=codec,
+                    renders=LRUCache(maxsize=256),
+                )
+                for ns in feeds:
+                    self.reflectors.append(Reflector(spec, upstream, store, namespace=ns))
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
+
+    async def stop(self) -> None:
+        for resource in self.cached.values():
+            resource.hub.close_all()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def not_ready(self) -> list[str]:
         """Names of whatever is not ready yet; empty when the server may take traffic."""
-        return [why for check in self.readiness if (why := check()) is not None]
+        return [
+            f"{spec.plural}.{spec.group} not synced"
+            for spec, res in self.cached.items()
+            if not res.store.synced
+        ]
 
 
 def routes(runtime: Runtime) -> list[Any]:
     args = {"runtime": runtime}
-    groups = sorted({re.escape(r.api_prefix) for r in runtime.settings.resources})
-    served = "(?:" + "|".join(groups) + ")(?:/.*)?" if groups else "(?!)"
-    return [
+    table: list[Any] = [
         (r"/healthz", HealthHandler, args),
         (r"/livez", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
-        (served, PassThroughHandler, args),
     ]
+    for spec, resource in runtime.cached.items():
+        for pattern, _ in list_path_args(spec):
+            table.append((pattern, ResourceHandler, {"runtime": runtime, "resource": resource}))
+    groups = sorted({re.escape(r.api_prefix) for r in runtime.settings.resources})
+    served = "(?:" + "|".join(groups) + ")(?:/.*)?" if groups else "(?!)"
+    table.append((served, PassThroughHandler, args))
+    return table
 
 
 def make_app(runtime: Runtime) -> web.Application:
@@ -83,6 +123,7 @@ class Server:
             self.settings.kubeconfig, self.settings.context
         )
         self.runtime = Runtime(self.settings, Upstream(creds))
+        self.runtime.start()
         app = make_app(self.runtime)
         self._http = httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=300)
         sockets = bind_sockets(self.settings.port, self.settings.bind)
@@ -99,6 +140,10 @@ class Server:
     async def stop(self) -> None:
         if self._http is not None:
             self._http.stop()
+        if self.runtime is not None:
+            await self.runtime.stop()  # ends every watch stream cleanly first
+        if self._http is not None:
+            await asyncio.sleep(0.05)
             await self._http.close_all_connections()
         if self.runtime is not None:
             self.runtime.upstream.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from watchcache.retry import RetryPolicy
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResourceSpec:
@@ -58,4 +60,5 @@ class Settings:
     # How long an upstream request may take before it is abandoned (watches excepted).
     upstream_timeout: float = 60.0
     cors_allow_origin: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     extra: dict[str, object] = field(default_factory=dict)

@@ -39,8 +39,15 @@ def test_kuberay_crds_are_established(controlplane: ControlPlane) -> None:
         assert json.loads(body)["kind"].endswith("List")
 
 
-def test_raycluster_quickstart_over_http(passthrough, samples: Path) -> None:
+@pytest.fixture(params=["passthrough", "cached"])
+def proxy(request: pytest.FixtureRequest):
+    """Each mode of watchcache: forwarding everything, and reading from the cache."""
+    return request.getfixturevalue(request.param)
+
+
+def test_raycluster_quickstart_over_http(proxy, samples: Path) -> None:
     """POST the sample as YAML, GET it, merge-patch an annotation, DELETE it, then 404."""
+    passthrough = proxy
     sample = (samples / "ray-cluster.sample.yaml").read_bytes()
     name = yaml.safe_load(sample)["metadata"]["name"]
 

@@ -1,20 +1,27 @@
-"""Pass-through: a request streamed to the API server and its answer streamed back.
+"""Pass-through: a request sent on to the API server and its answer streamed back.
 
-Neither body is held whole: the request body flows through a small queue as it arrives
-(``data_received`` waits while the queue is full), and the response is written and
-flushed chunk by chunk, with each flush pausing the upstream read (backpressure), so a
-``?watch=true`` response streams.
+The response streams: it is written and flushed chunk by chunk, each flush pausing the
+upstream read (backpressure), so a ``?watch=true`` response streams. A request body is
+gathered (it is at most 3 MiB, the Kubernetes limit, and a larger one is refused with 413
+as soon as it passes the limit, never held whole) so that a transient failure can be
+retried with the same bytes. Retries are decided on the response's status line, before any
+byte of it reaches the client.
+
+A successful write to a cached resource is held until the cache has seen it
+(read-your-writes): the client's next read, answered from the cache, shows its write.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections.abc import Awaitable, Callable
 
 from tornado import httputil, iostream, web
 
 from watchcache.handlers.base import BaseHandler
+from watchcache.retry import may_duplicate
 from watchcache.status import StatusError
 from watchcache.upstream import UpstreamError
 
@@ -27,7 +34,6 @@ MAX_BODY = 3 * 1024 * 1024
 # calls carry the server's credentials, and a client must not borrow them to be someone else.
 FORWARD_REQUEST_HEADERS = (
     "Accept",
-    "Content-Length",
     "Accept-Encoding",
     "Content-Type",
     "Content-Encoding",
@@ -43,31 +49,57 @@ DROP_RESPONSE_HEADERS = frozenset(
 
 
 def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
-    return {
-        name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers
-    }
+    return {n: request.headers[n] for n in FORWARD_REQUEST_HEADERS if n in request.headers}
+
+
+def request_too_large() -> StatusError:
+    return StatusError(413, "Request entity too large: limit is 3145728")
 
 
 class _Relay:
-    """A ResponseSink writing straight to the downstream handler, flush by flush."""
+    """A ResponseSink writing to the downstream handler, flush by flush.
 
-    def __init__(self, handler: web.RequestHandler) -> None:
+    It swallows a response that will be retried, and holds a successful one whole when
+    ``hold`` is set, so that the handler can release it once the cache has caught up.
+    """
+
+    def __init__(self, handler: web.RequestHandler, retry: Callable[[int], bool], hold: bool):
         self.handler = handler
+        self.retry = retry
+        self.hold = hold
         self.started = False
+        self.retry_code: int | None = None
+        self.retry_after: str | None = None
+        self.held: tuple[int, str, httputil.HTTPHeaders] | None = None
+        self.chunks: list[bytes] = []
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        if self.retry(code):
+            self.retry_code, self.retry_after = code, headers.get("Retry-After")
+            return None
+        if self.hold and 200 <= code < 300:
+            self.held = (code, reason, headers)
+            return None
+        self.started = True
+        self.send_head(code, reason, headers)
+        # A body of unknown length may be a stream (a watch): the client must see the
+        # headers now, not when the first event happens to arrive.
+        return None if "Content-Length" in headers else self.handler.flush()
+
+    def send_head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         h = self.handler
         h.set_status(code, reason or httputil.responses.get(code, "Unknown"))
         h.clear_header("Content-Type")
         for name, value in headers.get_all():
             if name.lower() not in DROP_RESPONSE_HEADERS:
                 h.add_header(name, value)
-        self.started = True
-        # A body of unknown length may be a stream (a watch): the client must see the
-        # headers now, not when the first event happens to arrive.
-        return None if "Content-Length" in headers else h.flush()
 
-    def data(self, chunk: bytes) -> Awaitable[None]:
+    def data(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.retry_code is not None:
+            return None
+        if self.held is not None:
+            self.chunks.append(chunk)
+            return None
         self.handler.write(chunk)
         return self.handler.flush()
 
@@ -81,84 +113,100 @@ class PassThroughHandler(BaseHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
-    def prepare(self) -> Awaitable[None] | None:
+    def prepare(self) -> None:
         self._received = 0
-        self._queue: asyncio.Queue[bytes | None] | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._chunks: list[bytes] = []
         length = self.request.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY:
             raise request_too_large()
-        self._relay = _Relay(self)
-        self._chunks: list[bytes] | None = None
-        method = self.request.method
-        if method in ("POST", "PUT", "PATCH") or (method == "DELETE" and length is not None):
-            self._queue = asyncio.Queue(maxsize=4)
-            self._task = asyncio.ensure_future(self._send(self._body_chunks()))
-        elif method == "DELETE":
-            # A chunked DeleteOptions body: tornado can only stream a DELETE body with a
-            # known length, and these bodies are small, so this one is gathered first.
-            self._chunks = []
-        else:
-            self._task = asyncio.ensure_future(self._send(None))
-        return None
 
-    async def _body_chunks(self) -> AsyncIterator[bytes]:
-        assert self._queue is not None
-        while (chunk := await self._queue.get()) is not None:
-            yield chunk
-
-    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
-        self._received += len(chunk)
+    def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
+        self._received += len(chunk)
         if self._received > MAX_BODY:
             # Answer now; tornado then drops the rest of the body instead of handing it on.
-            if self._task is not None:
-                self._task.cancel()
+            self._chunks = []
             self.send_status(request_too_large())
             return
-        if self._queue is not None:
-            await self._queue.put(chunk)
-        elif self._chunks is not None:
-            self._chunks.append(chunk)
+        self._chunks.append(chunk)
 
-    async def _send(self, body: AsyncIterator[bytes] | bytes | None) -> None:
-        runtime = self.runtime
-        await runtime.upstream.send(
-            self.request.method or "GET",
-            self.request.uri or "/",
-            self._relay,
-            headers=forward_headers(self.request),
-            body=body,
-        )
+    def hold_for_cache(self) -> bool:
+        """Whether a successful answer waits for the cache (read-your-writes)."""
+        return False
 
-    async def _finish_proxy(self) -> None:
+    async def wait_for_cache(self, code: int, body: bytes) -> None:
+        """Returns once the cache has seen the write answered by ``body``."""
+
+    async def forward(self) -> None:
+        """Sends the request on, retrying transient failures, and relays the answer."""
         if self._finished:
             return
-        if self._queue is not None:
-            await self._queue.put(None)
-        elif self._chunks is not None:
-            self._task = asyncio.ensure_future(self._send(b"".join(self._chunks)))
-        assert self._task is not None
-        try:
-            await self._task
-        except UpstreamError as exc:
-            if self._relay.started:
-                log.info("upstream stream ended early: %s", exc)
-                self.finish()
-                return
-            raise StatusError(503, f"the Kubernetes API server is unavailable: {exc}") from exc
-        except iostream.StreamClosedError:
-            return  # the client went away; nothing to answer
+        method = self.request.method or "GET"
+        body = b"".join(self._chunks) if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        if method == "DELETE" and not body:
+            body = None
+        policy = self.runtime.retry
+        once = may_duplicate(method, body)
+        hold = self.hold_for_cache() and method != "GET"
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            elapsed = time.monotonic() - started
+
+            def retry(code: int, attempt: int = attempt, elapsed: float = elapsed) -> bool:
+                return not once and policy.delay(attempt, elapsed, code=code) is not None
+
+            relay = _Relay(self, retry, hold)
+            try:
+                await self.runtime.upstream.send(
+                    method,
+                    self.request.uri or "/",
+                    relay,
+                    headers=forward_headers(self.request),
+                    body=body,
+                )
+            except UpstreamError as exc:
+                if relay.started:
+                    log.info("upstream stream ended early: %s", exc)
+                    break
+                wait = None if once else policy.delay(attempt, elapsed, code=None)
+                if wait is None:
+                    raise StatusError(
+                        503, f"the Kubernetes API server is unavailable: {exc}"
+                    ) from exc
+                log.info("%s %s: %s; retry in %.1fs", method, self.request.path, exc, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            except iostream.StreamClosedError:
+                return  # the client went away; nothing to answer
+            if relay.retry_code is not None:
+                wait = policy.delay(
+                    attempt, elapsed, code=relay.retry_code, retry_after=relay.retry_after
+                )
+                assert wait is not None
+                log.info(
+                    "%s %s: HTTP %d; retry in %.1fs",
+                    method,
+                    self.request.path,
+                    relay.retry_code,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            break
+        if relay.held is not None:
+            code, reason, headers = relay.held
+            payload = b"".join(relay.chunks)
+            await self.wait_for_cache(code, payload)
+            relay.send_head(code, reason, headers)
+            self.write(payload)
         if not self._finished:
             self.finish()
 
-    def on_connection_close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+    async def _forward_verb(self, *_args: str | None, **_kwargs: str | None) -> None:
+        await self.forward()
 
-    get = head = post = put = patch = delete = _finish_proxy  # type: ignore[assignment]
-
-
-def request_too_large() -> StatusError:
-    return StatusError(413, "Request entity too large: limit is 3145728")
+    get = head = post = put = patch = delete = _forward_verb  # type: ignore[assignment]

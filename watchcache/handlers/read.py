@@ -1,0 +1,363 @@
+"""GET and LIST of a cached resource, answered from its Store with no upstream call.
+
+A list body is assembled from stored bytes: a prefix, the matching items' JSON joined with
+commas, a suffix. Rendered bodies (and their gzip form) are kept per request until the store
+changes, so a dashboard polling an unchanged list costs a dictionary lookup. Requests the
+cache cannot answer to the letter (a resourceVersion it has not reached, an Exact version it
+no longer holds, another server's continue token) are passed through to the API server,
+which then answers exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import bisect
+import gzip
+import hashlib
+import logging
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import orjson
+from cachetools import LRUCache
+
+from watchcache.config import ResourceSpec
+from watchcache.handlers.proxy import PassThroughHandler
+from watchcache.handlers.watch import serve_watch
+from watchcache.listoptions import (
+    ListOptions,
+    continue_expired,
+    parse_get_options,
+    parse_list_options,
+    resource_version_int,
+)
+from watchcache.pagination import ContinueCodec
+from watchcache.status import StatusError, not_found, too_many_requests
+from watchcache.store import Entry, Key, Snapshot, Store, matches
+from watchcache.watch import Hub, TooOld
+
+log = logging.getLogger(__name__)
+
+# Kubernetes compresses responses larger than this when the client accepts gzip.
+GZIP_THRESHOLD = 128 * 1024
+ALLOWED_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+
+
+@dataclass(slots=True)
+class CachedResource:
+    """What the read handlers need for one resource: its spec, store and render cache."""
+
+    spec: ResourceSpec
+    store: Store
+    hub: Hub
+    codec: ContinueCodec
+    renders: LRUCache[tuple[str | None, str], Rendered]
+    # How long a read waits for the first sync, and for a requested resourceVersion.
+    sync_wait: float = 3.0
+    rv_wait: float = 0.5
+    extended_fields: bool = True
+    # A watch without timeoutSeconds ends after 1-2x this many seconds, as the API server's do.
+    watch_timeout: float = 1800.0
+    bookmark_interval: float = 60.0
+    # How long a write's answer may wait for the cache to show it (read-your-writes).
+    write_wait: float = 5.0
+    write_wait_timeouts: int = 0
+
+
+@dataclass(slots=True)
+class Rendered:
+    generation: int
+    rv: int
+    etag: str
+    body: bytes
+    gzipped: bytes | None = None
+
+
+def _etag(entries: list[Entry], salt: bytes) -> str:
+    """Weak: two bodies with this tag hold the same items, though the list's own
+    resourceVersion may differ."""
+    digest = hashlib.blake2b(salt, digest_size=12)
+    digest.update(array("q", [e.rv for e in entries]).tobytes())
+    return f'W/"{digest.hexdigest()}"'
+
+
+class ResourceHandler(PassThroughHandler):
+    """Reads of one cached resource; every other method passes through."""
+
+    def initialize(self, runtime, resource: CachedResource) -> None:  # type: ignore[override]
+        super().initialize(runtime)
+        self.resource = resource
+
+    def prepare(self) -> None:
+        self.watcher = None
+        super().prepare()
+
+    def on_connection_close(self) -> None:
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.end()
+        super().on_connection_close()
+
+    async def _forward(self) -> None:
+        """Pass this GET through to the API server after all."""
+        await self.forward()
+
+    # ---- writes: read-your-writes ----------------------------------------------------------
+    def hold_for_cache(self) -> bool:
+        return True
+
+    async def wait_for_cache(self, code: int, body: bytes) -> None:
+        """Holds a write's answer until the cache shows it, bounded by ``write_wait``."""
+        if "dryRun" in self.request.query_arguments:
+            return
+        res = self.resource
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return
+        meta = obj.get("metadata") or {} if isinstance(obj, dict) else {}
+        store = res.store
+        seen: Callable[[], bool]
+        if obj.get("kind") == res.spec.kind and meta.get("resourceVersion"):
+            rv = int(meta["resourceVersion"])
+            seen = lambda: store.rv >= rv  # noqa: E731
+        elif self.request.method == "DELETE" and self.path_kwargs.get("name"):
+            key = (self.path_kwargs.get("namespace") or "", self.path_kwargs["name"])
+            seen = lambda: store.get(*key) is None  # noqa: E731
+        else:
+            return
+        deadline = time.monotonic() + res.write_wait
+        while not seen():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                res.write_wait_timeouts += 1
+                log.warning(
+                    "%s %s: the cache did not show the write within %.1fs; answering anyway",
+                    self.request.method,
+                    self.request.path,
+                    res.write_wait,
+                )
+                return
+            await store.wait_for(store.rv + 1, left)
+
+    async def get(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> None:  # type: ignore[override]
+        query = {
+            k: [v.decode("utf-8", "replace") for v in vs]
+            for k, vs in self.request.query_arguments.items()
+        }
+        if name is None:
+            opts = parse_list_options(
+                query, allowed_field=self._allowed_field, own_token=self.resource.codec.ours
+            )
+        else:
+            rv_text = parse_get_options(query)
+        res = self.resource
+        if not res.store.synced and not await res.store.wait_synced(res.sync_wait):
+            raise too_many_requests(
+                f"the cache of {res.spec.plural}.{res.spec.group} is initializing", 1
+            )
+        if name is None and opts.watch:
+            await serve_watch(self, res, namespace, opts)
+        elif name is None:
+            await self._list(namespace, opts)
+        else:
+            await self._get(namespace or "", name, rv_text)
+
+    def _allowed_field(self, path: str) -> bool:
+        return self.resource.extended_fields or path in ALLOWED_FIELDS
+
+    # ---- get -------------------------------------------------------------------------------
+    async def _get(self, namespace: str, name: str, rv_text: str | None) -> None:
+        store = self.resource.store
+        if rv_text not in (None, "", "0"):
+            rv = resource_version_int(rv_text)
+            if not await store.wait_for(rv, self.resource.rv_wait):
+                await self._forward()
+                return
+        entry = store.get(namespace, name)
+        if entry is None:
+            raise not_found(self.resource.spec.group, self.resource.spec.plural, name)
+        etag = f'"{entry.rv}"'
+        self.set_header("ETag", etag)
+        if self._not_modified(etag):
+            return
+        self._send_json(entry.raw)
+
+    # ---- list ------------------------------------------------------------------------------
+    async def _list(self, namespace: str | None, opts: ListOptions) -> None:
+        """Picks the state a list is answered from, as the API server's cache does (see
+        listoptions' docstring): the live store, a retained snapshot, or the API server."""
+        res = self.resource
+        store = res.store
+        rv_text = opts.resource_version or ""
+        limit = 0 if rv_text == "0" else opts.limit  # rv "0": the whole list, always
+        start: Key | None = None
+        snap: Snapshot | None = None
+        if opts.continue_token:
+            decoded = res.codec.decode(opts.continue_token)
+            snap = store.retained(decoded[0]) if decoded else None
+            if snap is None:
+                raise continue_expired()
+            start = decoded[1]  # type: ignore[index]
+        elif rv_text not in ("", "0"):
+            wanted = resource_version_int(rv_text)
+            exact = opts.resource_version_match == "Exact" or (
+                opts.resource_version_match is None and limit > 0
+            )
+            if not await store.wait_for(wanted, res.rv_wait):
+                await self._forward()  # upstream knows it, or gives the 504 itself
+                return
+            if exact:
+                snap = self._state_at(wanted)
+                if snap is None:
+                    await self._forward()  # etcd still has it, or gives the 410
+                    return
+        if snap is None and not limit:
+            rv = store.rv
+            self._send_list(
+                namespace,
+                lambda: store.select(namespace, opts.label_selector, opts.field_selector),
+                rv,
+            )
+            return
+        self._send_page(namespace, opts, snap or store.snapshot(), start, limit)
+
+    def _state_at(self, rv: int) -> Snapshot | None:
+        """The items exactly at ``rv``: a retained snapshot, or the current state when the
+        history shows nothing changed since ``rv``."""
+        store, hub = self.resource.store, self.resource.hub
+        snap = store.retained(rv)
+        if snap is not None:
+            return snap
+        try:
+            changed = next(hub.since(rv), None) is not None
+        except TooOld:
+            return None
+        return None if changed else store.snapshot(as_rv=rv)
+
+    def _send_page(
+        self,
+        namespace: str | None,
+        opts: ListOptions,
+        snap: Snapshot,
+        start: Key | None,
+        limit: int,
+    ) -> None:
+        """One page of a retained snapshot, from just after ``start``. Like the API server's
+        cache, "more" means unfiltered items remain, so a selective list may end on an
+        empty page; remainingItemCount is given only for unfiltered lists."""
+        keys, entries = snap.keys, snap.entries
+        lo, hi = 0, len(keys)
+        if namespace is not None:
+            lo = bisect.bisect_left(keys, (namespace,))
+            hi = bisect.bisect_left(keys, (namespace + "\x00",))
+        if start is not None:
+            lo = max(lo, bisect.bisect_right(keys, start))
+        labels, fields = opts.label_selector, opts.field_selector
+        remaining = None
+        if labels.empty and fields.empty:
+            end = min(hi, lo + limit) if limit else hi
+            picked = list(entries[lo:end])
+            more = end < hi
+            if more:
+                remaining = hi - end
+        else:
+            picked = []
+            more = False
+            for i in range(lo, hi):
+                if matches(entries[i], labels, fields):
+                    picked.append(entries[i])
+                    if limit and len(picked) == limit:
+                        more = i + 1 < hi
+                        break
+        token = self.resource.codec.encode(snap.rv, picked[-1].key) if more else None
+        self._send_list(namespace, lambda: picked, snap.rv, token, remaining)
+
+    def _send_list(
+        self,
+        namespace: str | None,
+        select: Callable[[], list[Entry]],
+        rv: int,
+        token: str | None = None,
+        remaining: int | None = None,
+    ) -> None:
+        """Sends a list body, rendered once per (request, store state) and reused."""
+        res = self.resource
+        key = (namespace, self.request.query)
+        cached = res.renders.get(key)
+        store = res.store
+        if cached is not None and (cached.generation, cached.rv) == (store.generation, rv):
+            etag = cached.etag
+        else:
+            entries = select()
+            etag = _etag(entries, (self.request.query + "\x00" + (namespace or "")).encode())
+            cached = None
+        self.set_header("ETag", etag)
+        if self._not_modified(etag):
+            return
+        if cached is None:
+            meta: dict[str, object] = {}
+            if token:
+                meta["continue"] = token
+            if remaining is not None:
+                meta["remainingItemCount"] = remaining
+            meta["resourceVersion"] = str(rv)
+            body = b"".join(
+                (
+                    b'{"apiVersion":"',
+                    res.spec.api_version.encode(),
+                    b'","items":[',
+                    b",".join([e.raw for e in entries]),
+                    b'],"kind":"',
+                    res.spec.list_kind.encode(),
+                    b'","metadata":',
+                    orjson.dumps(meta),
+                    b"}",
+                )
+            )
+            cached = Rendered(store.generation, rv, etag, body)
+            if token is None:
+                res.renders[key] = cached
+        self._send_json(cached.body, cached)
+
+    # ---- responses -------------------------------------------------------------------------
+    def _not_modified(self, etag: str) -> bool:
+        tags = self.request.headers.get("If-None-Match")
+        if tags and (tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))):
+            self.set_status(304)
+            self.finish()
+            return True
+        return False
+
+    def _send_json(self, body: bytes, rendered: Rendered | None = None) -> None:
+        self.set_header("Content-Type", "application/json")
+        if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
+            if rendered is not None and rendered.gzipped is not None:
+                body = rendered.gzipped
+            else:
+                body = gzip.compress(body, compresslevel=1)
+                if rendered is not None:
+                    rendered.gzipped = body
+            self.set_header("Content-Encoding", "gzip")
+            self.add_header("Vary", "Accept-Encoding")
+        self.finish(body)
+
+
+def list_path_args(spec: ResourceSpec) -> list[tuple[str, dict[str, object]]]:
+    """(pattern, fixed kwargs) of the routes one resource's reads answer on."""
+    prefix = spec.api_prefix
+    return [
+        (rf"{prefix}/namespaces/(?P<namespace>[^/]+)/{spec.plural}/?", {}),
+        (rf"{prefix}/{spec.plural}/?", {}),
+        (
+            rf"{prefix}/namespaces/(?P<namespace>[^/]+)/{spec.plural}/(?P<name>[^/]+)"
+            r"(?:/(?P<subresource>status))?",
+            {},
+        ),
+    ]
+
+
+__all__ = ["CachedResource", "ResourceHandler", "StatusError"]

@@ -1,0 +1,351 @@
+"""The in-memory state of one cached resource, fed only by its Reflector.
+
+Each entry keeps the object's JSON bytes (serialized once, when its event arrives), its
+labels and its resourceVersion; nothing else of the object is kept as Python objects. Keys
+are kept sorted in Kubernetes list order (namespace, then name), and a label index turns a
+selective list into O(matches).
+
+Concurrency: everything runs on one event loop. ``apply``/``replace`` change the state and
+notify listeners in one synchronous step with no ``await`` inside, so a reader or watcher
+never sees half an event. Entries are immutable and replaced whole, so a snapshot is just a
+tuple of references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+from cachetools import TTLCache
+
+from watchcache.selectors import FieldSelector, LabelSelector, lookup_path
+
+Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One object as stored. Do not modify; a change replaces the whole entry."""
+
+    namespace: str
+    name: str
+    rv: int
+    raw: bytes
+    labels: Mapping[str, str]
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    def field(self, path: str) -> str | None:
+        """A field's value for field selectors; only uncommon paths decode the object."""
+        if path == "metadata.name":
+            return self.name
+        if path == "metadata.namespace":
+            return self.namespace
+        return lookup_path(orjson.loads(self.raw), path)
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> Entry:
+        meta = obj.get("metadata") or {}
+        return cls(
+            namespace=meta.get("namespace", ""),
+            name=meta["name"],
+            rv=int(meta["resourceVersion"]),
+            raw=orjson.dumps(obj),
+            labels=meta.get("labels") or {},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change, as watchers see it. ``entry`` is the new state (the last one, for DELETED)."""
+
+    type: EventType
+    entry: Entry
+    prev: Entry | None
+    rv: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The store's items at one resourceVersion, in list order; kept for pagination and Exact."""
+
+    rv: int
+    generation: int
+    entries: tuple[Entry, ...]
+    keys: tuple[Key, ...]
+
+
+def matches(entry: Entry, labels: LabelSelector, fields: FieldSelector) -> bool:
+    return (labels.empty or labels.matches(entry.labels)) and (
+        fields.empty or fields.matches(entry.field)
+    )
+
+
+Listener = Callable[[Event], None]
+
+
+class Store:
+    """Objects of one resource by namespace/name, their label index and the store's version.
+
+    ``rv`` is the resourceVersion up to which every change is known: the last event's or
+    bookmark's. When several feeds (one per namespace) fill one store, it is the lowest of
+    theirs, since a feed that lags may still deliver changes below the others' versions.
+    """
+
+    def __init__(
+        self,
+        *,
+        feeds: Iterable[str | None] = (None,),
+        snapshot_ttl: float = 300.0,
+        snapshots: int = 32,
+    ) -> None:
+        self._items: dict[Key, Entry] = {}
+        self._keys: list[Key] = []  # sorted; Kubernetes list order
+        self._index: dict[str, dict[str, set[Key]]] = {}
+        self._feed_rv: dict[str | None, int] = dict.fromkeys(feeds, 0)
+        self._unsynced: set[str | None] = set(self._feed_rv)
+        # True while a feed's first list is applied: its events are initial state, not history.
+        self.initial_list = False
+        # The highest first-list version of any feed: every change above it is an event.
+        self.sync_rv = 0
+        self.rv = 0
+        # Bumped on every change of the items (not on bookmarks); render caches key on it.
+        self.generation = 0
+        self._listeners: list[Listener] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._synced_event = asyncio.Event()
+        self._snapshots: TTLCache[int, Snapshot] = TTLCache(maxsize=snapshots, ttl=snapshot_ttl)
+
+    # ---- reading -------------------------------------------------------------------------
+    @property
+    def synced(self) -> bool:
+        return not self._unsynced
+
+    async def wait_synced(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._synced_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, namespace: str, name: str) -> Entry | None:
+        return self._items.get((namespace, name))
+
+    def keys_in(self, namespace: str | None) -> list[Key]:
+        """Sorted keys of one namespace (bisected out of the sorted key list), or all of them."""
+        if namespace is None:
+            return self._keys
+        lo = bisect.bisect_left(self._keys, (namespace,))
+        hi = bisect.bisect_left(self._keys, (namespace + "\x00",))
+        return self._keys[lo:hi]
+
+    def select(
+        self, namespace: str | None, labels: LabelSelector, fields: FieldSelector
+    ) -> list[Entry]:
+        """Matching entries in list order, using the cheapest way in: a name, the label index,
+        or the namespace's key range."""
+        items = self._items
+        name = fields.value_for("metadata.name")
+        ns = fields.value_for("metadata.namespace")
+        if ns is not None:
+            if namespace is not None and ns != namespace:
+                return []
+            namespace = ns
+        if name is not None and namespace is not None:
+            entry = items.get((namespace, name))
+            return [entry] if entry is not None and matches(entry, labels, fields) else []
+        candidates = self._index_candidates(labels)
+        if candidates is not None:
+            keys: Iterable[Key] = sorted(
+                k for k in candidates if namespace is None or k[0] == namespace
+            )
+        else:
+            keys = self.keys_in(namespace)
+        if labels.empty and fields.empty:
+            return [items[k] for k in keys]
+        return [e for k in keys if matches(e := items[k], labels, fields)]
+
+    def _index_candidates(self, labels: LabelSelector) -> set[Key] | None:
+        pick = labels.index_candidates()
+        if pick is None:
+            return None
+        key, values = pick
+        by_value = self._index.get(key, {})
+        out: set[Key] = set()
+        for value in values:
+            out |= by_value.get(value, set())
+        return out
+
+    def snapshot(self, *, as_rv: int | None = None) -> Snapshot:
+        """The current items, retained (TTL, LRU) so later pages and Exact reads can use them.
+
+        ``as_rv``: an older version at which the caller knows the items were the same."""
+        rv = self.rv if as_rv is None else as_rv
+        snap = self._snapshots.get(rv)
+        if snap is None or snap.generation != self.generation:
+            current = self._snapshots.get(self.rv)
+            if current is not None and current.generation == self.generation:
+                snap = Snapshot(rv, self.generation, current.entries, current.keys)
+            else:
+                keys = tuple(self._keys)
+                snap = Snapshot(rv, self.generation, tuple(self._items[k] for k in keys), keys)
+            self._snapshots[rv] = snap
+        return snap
+
+    def retained(self, rv: int) -> Snapshot | None:
+        return self._snapshots.get(rv)
+
+    def entries(self) -> Iterator[Entry]:
+        return (self._items[k] for k in self._keys)
+
+    # ---- waiting for a version -------------------------------------------------------------
+    async def wait_for(self, rv: int, timeout: float) -> bool:
+        """True once the store has reached ``rv``; False after ``timeout`` seconds."""
+        if self.rv >= rv:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (rv, next(self._seq), fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return self.rv >= rv
+        finally:
+            if not fut.done():
+                fut.cancel()
+        return True
+
+    def _wake(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self.rv:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)
+        # Drop waiters that gave up, so the heap does not grow with abandoned requests.
+        if len(self._waiters) > 1024:
+            self._waiters = [w for w in self._waiters if not w[2].done()]
+            heapq.heapify(self._waiters)
+
+    # ---- listening -------------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Calls ``listener`` synchronously for every change; returns the unsubscribe call."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # ---- writing (the Reflector only) ------------------------------------------------------
+    def apply(self, type_: str, obj: Mapping[str, Any], *, feed: str | None = None) -> None:
+        """One watch event. Synchronous: the change and its notification are one step."""
+        entry = Entry.from_object(obj)
+        prev = self._items.get(entry.key)
+        if type_ == "DELETED":
+            if prev is not None:
+                self._remove(prev)
+            event = Event("DELETED", entry, prev, entry.rv)
+        else:
+            self._put(entry, prev)
+            event = Event("ADDED" if prev is None else "MODIFIED", entry, prev, entry.rv)
+        self.generation += 1
+        self._notify(event)
+        self._advance(feed, entry.rv)
+
+    def bookmark(self, rv: int, *, feed: str | None = None) -> None:
+        self._advance(feed, rv)
+
+    def replace(
+        self, objects: Iterable[Mapping[str, Any]], rv: int, *, feed: str | None = None
+    ) -> int:
+        """A (re-)list's result: the difference becomes ordinary events, oldest first.
+
+        Objects of this feed that are gone get DELETED at the list's version, the only
+        version known to postdate their deletion. Returns the number of events.
+        """
+        self.initial_list = feed in self._unsynced
+        fresh = {e.key: e for e in map(Entry.from_object, objects)}
+        in_scope = [k for k in self._items if feed is None or k[0] == feed]
+        events: list[Event] = []
+        for key, entry in fresh.items():
+            prev = self._items.get(key)
+            if prev is None:
+                events.append(Event("ADDED", entry, None, entry.rv))
+            elif prev.rv != entry.rv:
+                events.append(Event("MODIFIED", entry, prev, entry.rv))
+        events.sort(key=lambda e: e.rv)
+        for key in in_scope:
+            if key not in fresh:
+                gone = self._items[key]
+                events.append(
+                    Event(
+                        "DELETED",
+                        Entry(gone.namespace, gone.name, rv, gone.raw, gone.labels),
+                        gone,
+                        rv,
+                    )
+                )
+        for event in events:
+            if event.type == "DELETED":
+                self._remove(event.prev)  # type: ignore[arg-type]
+            else:
+                self._put(event.entry, event.prev)
+            self.generation += 1
+            self._notify(event)
+        self._advance(feed, rv)
+        if self.initial_list:
+            self.initial_list = False
+            self.sync_rv = max(self.sync_rv, rv)
+            self._unsynced.discard(feed)
+            if not self._unsynced:
+                self._synced_event.set()
+        return len(events)
+
+    def _put(self, entry: Entry, prev: Entry | None) -> None:
+        key = entry.key
+        if prev is None:
+            bisect.insort(self._keys, key)
+        else:
+            self._unindex(prev)
+        self._items[key] = entry
+        for k, v in entry.labels.items():
+            self._index.setdefault(k, {}).setdefault(v, set()).add(key)
+
+    def _remove(self, prev: Entry) -> None:
+        key = prev.key
+        del self._items[key]
+        i = bisect.bisect_left(self._keys, key)
+        del self._keys[i]
+        self._unindex(prev)
+
+    def _unindex(self, entry: Entry) -> None:
+        for k, v in entry.labels.items():
+            by_value = self._index.get(k)
+            if by_value is None:
+                continue
+            keys = by_value.get(v)
+            if keys is not None:
+                keys.discard(entry.key)
+                if not keys:
+                    del by_value[v]
+                    if not by_value:
+                        del self._index[k]
+
+    def _notify(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+    def _advance(self, feed: str | None, rv: int) -> None:
+        if rv > self._feed_rv.get(feed, 0):
+            self._feed_rv[feed] = rv
+        lowest = min(self._feed_rv.values())
+        if lowest > self.rv:
+            self.rv = lowest
+            self._wake()
