@@ -240,6 +240,11 @@ class Upstream:
                 raise UpstreamError(
                     f"connection to the Kubernetes API server failed: {exc}"
                 ) from exc
+            except BaseException:
+                # The sink gave up (a cancelled proxy, a reflector's Gone): the connection is
+                # mid-response and cannot be reused.
+                conn_stream.close()
+                raise
             if not delegate.finished:
                 conn_stream.close()
                 raise UpstreamError("the Kubernetes API server closed the connection mid-response")

@@ -1,0 +1,226 @@
+"""The watch hub: one upstream watch (the Reflector's) fanned out to every downstream watcher.
+
+Each store change becomes one ``WatchEvent`` whose wire bytes are built once, lazily, per
+event type, and shared by every watcher that receives it. Watchers filter by namespace and
+selectors and see selector transitions as Kubernetes shows them: an object that stops
+matching arrives as DELETED (its previous state at the new version), one that starts
+matching as ADDED.
+
+Slow consumers: every watcher has a bounded queue. Delivery never waits for a watcher; one
+whose queue is full is ended (it may resume from the last version it received), as the
+Kubernetes API server's cacher ends watchers it cannot feed. Nothing here grows without
+bound: the history is a ring limited in count and age, the queues are limited in count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import orjson
+
+from watchcache.selectors import FieldSelector, LabelSelector
+from watchcache.store import Entry, Event, Store, matches
+
+
+class WatchEvent:
+    """A store event with its wire forms built on first use and then shared."""
+
+    __slots__ = ("_added", "_deleted", "_modified", "event")
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self._added: bytes | None = None
+        self._modified: bytes | None = None
+        self._deleted: bytes | None = None
+
+    @property
+    def rv(self) -> int:
+        return self.event.rv
+
+    def added(self) -> bytes:
+        if self._added is None:
+            self._added = b'{"type":"ADDED","object":' + self.event.entry.raw + b"}\n"
+        return self._added
+
+    def modified(self) -> bytes:
+        if self._modified is None:
+            self._modified = b'{"type":"MODIFIED","object":' + self.event.entry.raw + b"}\n"
+        return self._modified
+
+    def deleted(self) -> bytes:
+        """A real deletion carries the final object; leaving a selector carries the previous
+        state stamped with this event's version, as the cacher sends it."""
+        if self._deleted is None:
+            ev = self.event
+            raw = ev.entry.raw
+            if ev.type != "DELETED" and ev.prev is not None:
+                obj = orjson.loads(ev.prev.raw)
+                obj.setdefault("metadata", {})["resourceVersion"] = str(ev.rv)
+                raw = orjson.dumps(obj)
+            self._deleted = b'{"type":"DELETED","object":' + raw + b"}\n"
+        return self._deleted
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """What one watcher wants to see."""
+
+    namespace: str | None
+    labels: LabelSelector
+    fields: FieldSelector
+
+    def __call__(self, entry: Entry | None) -> bool:
+        if entry is None:
+            return False
+        if self.namespace is not None and entry.namespace != self.namespace:
+            return False
+        return matches(entry, self.labels, self.fields)
+
+    def frame(self, wev: WatchEvent) -> bytes | None:
+        """The bytes this watcher gets for ``wev``, or None when it gets nothing."""
+        ev = wev.event
+        now = self(ev.entry) if ev.type != "DELETED" else False
+        before = self(ev.prev)
+        if ev.type == "DELETED":
+            return wev.deleted() if before or self(ev.entry) else None
+        if now and before:
+            return wev.modified()
+        if now:
+            return wev.added()
+        if before:
+            return wev.deleted()
+        return None
+
+
+class Watcher:
+    """One downstream watch: a bounded queue of frames and the state of its stream."""
+
+    def __init__(self, filter_: Filter, capacity: int) -> None:
+        self.filter = filter_
+        self.capacity = capacity
+        self.frames: deque[bytes] = deque()
+        self.rv = 0  # the version of the last frame queued
+        self.skip_until = 0  # events at or below this version are not for this watcher
+        self.ended = False
+        self.overflowed = False
+        # Called when the watcher is ended for falling behind: a stalled client may never
+        # complete the write it is blocked in, so its connection must be closed, not waited on.
+        self.on_overflow: Callable[[], None] | None = None
+        self._wake = asyncio.Event()
+
+    def push(self, frame: bytes, rv: int) -> bool:
+        if self.ended:
+            return False
+        if rv <= self.skip_until:
+            return True
+        if len(self.frames) >= self.capacity:
+            self.overflowed = True
+            self.end()
+            if self.on_overflow is not None:
+                self.on_overflow()
+            return False
+        self.frames.append(frame)
+        self.rv = rv
+        self._wake.set()
+        return True
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake.set()
+
+    def drain(self) -> list[bytes]:
+        out = list(self.frames)
+        self.frames.clear()
+        self._wake.clear()
+        return out
+
+    async def wait(self, timeout: float | None) -> None:
+        if self.frames or self.ended:
+            return
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+@dataclass(kw_only=True)
+class HistoryLimits:
+    count: int = 10_000
+    age: float = 300.0
+
+
+class TooOld(Exception):
+    def __init__(self, requested: int, oldest: int) -> None:
+        super().__init__(requested, oldest)
+        self.requested = requested
+        self.oldest = oldest
+
+
+@dataclass
+class Hub:
+    """Fans one Store's changes out to its watchers and remembers recent ones for resumption."""
+
+    store: Store
+    limits: HistoryLimits = field(default_factory=HistoryLimits)
+    queue_capacity: int = 1024
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self.history: deque[tuple[float, WatchEvent]] = deque()
+        # Versions above this one are all in the history (or the store is not yet synced).
+        self.window_start = 0
+        self.watchers: set[Watcher] = set()
+        self.ended_slow = 0  # watchers ended because they fell behind
+        self.events = 0
+        self.store.subscribe(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        """Called by the Store inside its change step: no await, nothing here may block."""
+        wev = WatchEvent(event)
+        now = self.clock()
+        if not self.store.initial_list:  # a first list is the window's start, not history
+            self.history.append((now, wev))
+            self.events += 1
+        self._trim(now)
+        for watcher in list(self.watchers):
+            frame = watcher.filter.frame(wev)
+            if frame is not None and not watcher.push(frame, wev.rv):
+                self.watchers.discard(watcher)
+                if watcher.overflowed:
+                    self.ended_slow += 1
+
+    def _trim(self, now: float) -> None:
+        limits = self.limits
+        while self.history and (
+            len(self.history) > limits.count or now - self.history[0][0] > limits.age
+        ):
+            _, dropped = self.history.popleft()
+            self.window_start = max(self.window_start, dropped.rv)
+
+    def oldest(self) -> int:
+        """The lowest version a watch can resume from."""
+        return max(self.window_start, self.store.sync_rv)
+
+    def since(self, rv: int) -> Iterator[WatchEvent]:
+        """Every event after ``rv``; TooOld when the window no longer reaches back to it."""
+        oldest = self.oldest()
+        if rv < oldest:
+            raise TooOld(rv, oldest)
+        for _, wev in self.history:
+            if wev.rv > rv:
+                yield wev
+
+    def add(self, watcher: Watcher) -> None:
+        self.watchers.add(watcher)
+
+    def remove(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+
+    def close_all(self) -> None:
+        for watcher in list(self.watchers):
+            watcher.end()
+        self.watchers.clear()
