@@ -6,6 +6,7 @@ import asyncio
 import logging
 import re
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 from cachetools import LRUCache
@@ -16,6 +17,17 @@ from watchcache.config import ResourceSpec, Settings
 from watchcache.handlers.base import HealthHandler, NotFoundHandler, ReadyHandler
 from watchcache.handlers.proxy import PassThroughHandler
 from watchcache.handlers.read import CachedResource, ResourceHandler, list_path_args
+from watchcache.middleware.core import Middleware, Next, Request, Response, compose
+from watchcache.middleware.kuberay import (
+    KUBERAY_SERVICES,
+    RAY_EVENTS,
+    SERVICE_PROXY,
+    Cors,
+    Defaults,
+    ServiceProxyGate,
+    ray_events,
+)
+from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates
 from watchcache.pagination import ContinueCodec
 from watchcache.reflector import Reflector
 from watchcache.store import Store
@@ -28,27 +40,53 @@ log = logging.getLogger("watchcache")
 class Runtime:
     """The collaborators handlers share, created once per server (no module-level singletons)."""
 
-    def __init__(self, settings: Settings, upstream: Upstream) -> None:
+    def __init__(
+        self, settings: Settings, upstream: Upstream, middleware: Sequence[Middleware] = ()
+    ) -> None:
         self.settings = settings
         self.upstream = upstream
         self.retry = settings.retry
         self.cached: dict[ResourceSpec, CachedResource] = {}
         self.reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
-        if settings.cache:
-            codec = ContinueCodec()
-            feeds: tuple[str | None, ...] = settings.namespaces or (None,)
-            for spec in settings.resources:
-                store = Store(feeds=feeds)
-                self.cached[spec] = CachedResource(
-                    spec=spec,
-                    store=store,
-                    hub=Hub(store),
-                    codec=codec,
-                    renders=LRUCache(maxsize=256),
-                )
-                for ns in feeds:
-                    self.reflectors.append(Reflector(spec, upstream, store, namespace=ns))
+        self._codec = ContinueCodec()
+        specs = list(settings.resources) if settings.cache else []
+        if settings.kuberay_features:
+            specs += [CONFIGMAPS, RAY_EVENTS, KUBERAY_SERVICES]
+        for spec in specs:
+            self._cache(spec)
+        self.middleware: list[Middleware] = [*self._builtin_middleware(), *middleware]
+        self.chain: Next = compose(self.middleware, _dispatch)
+
+    def _cache(self, spec: ResourceSpec) -> CachedResource:
+        """A Store for ``spec``, fed by one Reflector per namespace (or one for all)."""
+        feeds: tuple[str | None, ...] = self.settings.namespaces or (None,)
+        store = Store(feeds=feeds)
+        resource = CachedResource(
+            spec=spec,
+            store=store,
+            hub=Hub(store),
+            codec=self._codec,
+            renders=LRUCache(maxsize=256),
+        )
+        self.cached[spec] = resource
+        for ns in feeds:
+            self.reflectors.append(Reflector(spec, self.upstream, store, namespace=ns))
+        return resource
+
+    def _builtin_middleware(self) -> list[Middleware]:
+        """The KubeRay features, written on the public middleware API, outermost first."""
+        settings = self.settings
+        out: list[Middleware] = []
+        if settings.cors_allow_origin:
+            out.append(Cors(settings.cors_allow_origin))
+        if settings.kuberay_features:
+            out.append(ray_events)
+            out.append(ServiceProxyGate(self.cached[KUBERAY_SERVICES].store))
+            out.append(ComputeTemplates(self.cached[CONFIGMAPS].store, self.upstream))
+        if settings.defaults_file:
+            out.append(Defaults.from_file(settings.defaults_file))
+        return out
 
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
@@ -69,6 +107,11 @@ class Runtime:
         ]
 
 
+async def _dispatch(request: Request) -> Response:
+    """The chain's innermost step: the handler the route chose does its own work."""
+    return await request.handler.run_endpoint(request)  # type: ignore[attr-defined]
+
+
 def routes(runtime: Runtime) -> list[Any]:
     args = {"runtime": runtime}
     table: list[Any] = [
@@ -77,11 +120,15 @@ def routes(runtime: Runtime) -> list[Any]:
         (r"/readyz", ReadyHandler, args),
     ]
     for spec, resource in runtime.cached.items():
+        if not spec.served:
+            continue
         for pattern, _ in list_path_args(spec):
             table.append((pattern, ResourceHandler, {"runtime": runtime, "resource": resource}))
     groups = sorted({re.escape(r.api_prefix) for r in runtime.settings.resources})
     served = "(?:" + "|".join(groups) + ")(?:/.*)?" if groups else "(?!)"
     table.append((served, PassThroughHandler, args))
+    if runtime.settings.kuberay_features:
+        table.append((SERVICE_PROXY, PassThroughHandler, args))
     return table
 
 
@@ -111,8 +158,15 @@ def _log_request(handler: web.RequestHandler) -> None:
 class Server:
     """One watchcache server: start it, serve, stop it. Usable as a library."""
 
-    def __init__(self, settings: Settings, *, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        middleware: Sequence[Middleware] = (),
+        credentials: Credentials | None = None,
+    ) -> None:
         self.settings = settings
+        self.middleware = list(middleware)
         self._credentials = credentials
         self.runtime: Runtime | None = None
         self._http: httpserver.HTTPServer | None = None
@@ -122,7 +176,7 @@ class Server:
         creds = self._credentials or load_credentials(
             self.settings.kubeconfig, self.settings.context
         )
-        self.runtime = Runtime(self.settings, Upstream(creds))
+        self.runtime = Runtime(self.settings, Upstream(creds), self.middleware)
         self.runtime.start()
         app = make_app(self.runtime)
         self._http = httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=300)

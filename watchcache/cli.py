@@ -29,6 +29,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cors-allow-origin", default=None, help="value of Access-Control-Allow-Origin"
     )
+    parser.add_argument(
+        "--defaults",
+        default=None,
+        metavar="FILE",
+        help="YAML file of default values for created Ray resources",
+    )
+    parser.add_argument(
+        "--no-kuberay-features",
+        action="store_true",
+        help="turn off compute templates, Ray events and the dashboard service proxy",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -63,6 +74,8 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "cache": not args.no_cache,
         "namespaces": tuple(args.namespace),
         "cors_allow_origin": args.cors_allow_origin,
+        "defaults_file": args.defaults,
+        "kuberay_features": not args.no_kuberay_features,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
     }

@@ -16,6 +16,11 @@ class ResourceSpec:
     plural: str
     kind: str
     namespaced: bool = True
+    # Upstream selectors: the cache holds only matching objects, and no client can see more.
+    label_selector: str = ""
+    field_selector: str = ""
+    # False: cached for watchcache's own use (compute templates, KubeRay services), not served.
+    served: bool = True
 
     @property
     def api_version(self) -> str:
@@ -60,5 +65,9 @@ class Settings:
     # How long an upstream request may take before it is abandoned (watches excepted).
     upstream_timeout: float = 60.0
     cors_allow_origin: str | None = None
+    # A YAML file of default values for created Ray resources (see middleware.kuberay.Defaults).
+    defaults_file: str | None = None
+    # The KubeRay features: compute templates, Ray events, the dashboard service proxy.
+    kuberay_features: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     extra: dict[str, object] = field(default_factory=dict)

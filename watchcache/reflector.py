@@ -82,6 +82,12 @@ class Reflector:
         self.backoff = backoff or Backoff()
         self.sleep = sleep
         self.path = resource.collection_path(namespace)
+        selectors = ""
+        if resource.label_selector:
+            selectors += f"&labelSelector={quote(resource.label_selector)}"
+        if resource.field_selector:
+            selectors += f"&fieldSelector={quote(resource.field_selector)}"
+        self.selectors = selectors
         self.rv = 0
         self.lists = 0  # how many LISTs: one, unless 410s forced more
         self.watches = 0
@@ -113,7 +119,7 @@ class Reflector:
         items: list[Any] = []
         token = ""
         while True:
-            target = f"{self.path}?limit={self.page_size}"
+            target = f"{self.path}?limit={self.page_size}{self.selectors}"
             if token:
                 target += f"&continue={quote(token)}"
             resp = await self.upstream.fetch("GET", target, headers={"Accept": "application/json"})
@@ -140,7 +146,7 @@ class Reflector:
         timeout = int(300 * (1 + random.random()))
         target = (
             f"{self.path}?watch=true&allowWatchBookmarks=true"
-            f"&resourceVersion={self.rv}&timeoutSeconds={timeout}"
+            f"&resourceVersion={self.rv}&timeoutSeconds={timeout}{self.selectors}"
         )
         sink = LineSink(self._on_line)
         self.watches += 1

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+from asyncio import Future
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-from tornado import web
+from tornado import httputil, web
 
+from watchcache.config import ResourceSpec
+from watchcache.middleware.core import Request, Response
 from watchcache.status import StatusError, not_found_path
 
 if TYPE_CHECKING:
@@ -15,16 +19,143 @@ if TYPE_CHECKING:
 log = logging.getLogger("watchcache.http")
 
 
-class BaseHandler(web.RequestHandler):
-    """Renders every failure as a Kubernetes ``Status``, never an HTML page or a traceback."""
+# The Kubernetes API server's own limit on a request body (3 MiB).
+MAX_BODY = 3 * 1024 * 1024
 
+
+def request_too_large() -> StatusError:
+    return StatusError(413, "Request entity too large: limit is 3145728")
+
+
+@web.stream_request_body
+class BaseHandler(web.RequestHandler):
+    """Runs every request through the middleware chain and renders every failure as a
+    Kubernetes ``Status``, never an HTML page or a traceback.
+
+    A request body is gathered as it arrives, bounded: past 3 MiB (the Kubernetes limit) the
+    request is answered with 413 at once and the rest is never held. Subclasses implement
+    ``endpoint``; what it answers is captured as a ``Response`` for the middleware to see,
+    unless it streams (it flushed), in which case the middleware see ``body=None``.
+    """
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     runtime: Runtime
+    resource_spec: ResourceSpec | None = None
 
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.body = b""
+        self._capturing = False
+
+    def prepare(self) -> None:
+        self._received = 0
+        self._chunks: list[bytes] = []
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise request_too_large()
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > MAX_BODY:
+            # Answer now; tornado then drops the rest of the body instead of handing it on.
+            self._chunks = []
+            self.send_status(request_too_large())
+            return
+        self._chunks.append(chunk)
+
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        raise StatusError(405, "the server does not allow this method on the requested resource")
+
+    # ---- the middleware chain --------------------------------------------------------------
+    async def _chained(self, *args: str | None, **kwargs: str | None) -> None:
+        if self._finished:
+            return  # answered while the body arrived (413)
+        req = self.request
+        request = Request(
+            method=req.method or "GET",
+            path=req.path,
+            query={
+                k: [v.decode("utf-8", "replace") for v in vs]
+                for k, vs in req.query_arguments.items()
+            },
+            headers=req.headers,
+            body=b"".join(self._chunks),
+            path_params={k: v for k, v in kwargs.items() if v is not None},
+            resource=self.resource_spec,
+        )
+        request.handler = self  # type: ignore[attr-defined]
+        self._original = (request.method, request.path, request.query)
+        try:
+            response = await self.runtime.chain(request)
+        except BaseException:
+            self._capturing = False
+            raise
+        self._emit(response)
+
+    get = head = post = put = patch = delete = options = _chained  # type: ignore[assignment]
+
+    async def run_endpoint(self, request: Request) -> Response:
+        """The innermost step of the chain: the handler's own work, its answer captured."""
+        self._apply(request)
+        self._capturing = True
+        try:
+            await self.endpoint(*self.path_args, **self.path_kwargs)
+        except StatusError as err:
+            if self._headers_written:
+                raise
+            self._capturing = False
+            self.clear()
+            return Response.from_status(err)
+        if not self._finished and self._capturing and not self._headers_written:
+            self.finish()
+        self._capturing = False
+        if self._headers_written:
+            return Response(status=self._status_code, headers=self._headers, body=None)
+        body = b"".join(self._write_buffer)
+        self._write_buffer = []
+        return Response(status=self._status_code, headers=self._headers, body=body)
+
+    def _apply(self, request: Request) -> None:
+        """Makes what the middleware changed the request the endpoint handles."""
+        req = self.request
+        req.method = request.method
+        req.headers = request.headers
+        self.body = request.body
+        if (request.method, request.path, request.query) != self._original:
+            req.path = request.path
+            query = urlencode([(k, v) for k, vs in request.query.items() for v in vs])
+            req.uri = request.path + ("?" + query if query else "")
+            req.query = query
+            req.query_arguments = {k: [v.encode() for v in vs] for k, vs in request.query.items()}
+
+    def _emit(self, response: Response) -> None:
+        if self._finished:
+            return
+        if response.body is None:
+            self.finish()
+            return
+        self.clear()
+        self.set_status(response.status, httputil.responses.get(response.status, "Unknown"))
+        self._headers = response.headers
+        self.finish(response.body)
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
+        if self._capturing and not self._headers_written:
+            # Inside the chain: keep the answer for the middleware instead of sending it.
+            if chunk is not None:
+                self.write(chunk)
+            self._capturing = False
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return super().finish(chunk)
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+        # Set here, not only by the CORS middleware: a stream's headers leave before any
+        # middleware sees its response.
         origin = self.runtime.settings.cors_allow_origin if hasattr(self, "runtime") else None
         if origin:
             self.set_header("Access-Control-Allow-Origin", origin)
@@ -69,21 +200,19 @@ class BaseHandler(web.RequestHandler):
             return
         super().log_exception(typ, value, tb)
 
-    def data_received(self, chunk: bytes) -> None:  # pragma: no cover - only streaming handlers
-        pass
-
 
 class NotFoundHandler(BaseHandler):
-    """Every path watchcache does not serve: a 404 Status, as the KubeRay APIServer gives."""
+    """Every path watchcache does not serve: a 404 Status, as the KubeRay APIServer gives
+    (after the middleware, which may answer such paths themselves)."""
 
-    def prepare(self) -> None:
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
         raise not_found_path()
 
 
 class HealthHandler(BaseHandler):
-    """``/healthz`` and ``/livez``: the process answers."""
+    """``/healthz`` and ``/livez``: the process answers (outside the middleware chain)."""
 
-    def get(self) -> None:
+    def get(self) -> None:  # type: ignore[override]
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish(b"ok")
 
@@ -91,7 +220,7 @@ class HealthHandler(BaseHandler):
 class ReadyHandler(BaseHandler):
     """``/readyz``: ready once every cache has synced (at once in pass-through mode)."""
 
-    def get(self) -> None:
+    def get(self) -> None:  # type: ignore[override]
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         waiting = self.runtime.not_ready()
         if waiting:

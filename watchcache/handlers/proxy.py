@@ -20,15 +20,12 @@ from collections.abc import Awaitable, Callable
 
 from tornado import httputil, iostream, web
 
-from watchcache.handlers.base import BaseHandler
+from watchcache.handlers.base import MAX_BODY, BaseHandler, request_too_large  # noqa: F401
 from watchcache.retry import may_duplicate
 from watchcache.status import StatusError
 from watchcache.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
-
-# The Kubernetes API server's own limit on a request body (3 MiB).
-MAX_BODY = 3 * 1024 * 1024
 
 # Request headers the client may pass on. Never Authorization or Impersonate-*: upstream
 # calls carry the server's credentials, and a client must not borrow them to be someone else.
@@ -50,10 +47,6 @@ DROP_RESPONSE_HEADERS = frozenset(
 
 def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
     return {n: request.headers[n] for n in FORWARD_REQUEST_HEADERS if n in request.headers}
-
-
-def request_too_large() -> StatusError:
-    return StatusError(413, "Request entity too large: limit is 3145728")
 
 
 class _Relay:
@@ -107,29 +100,13 @@ class _Relay:
         pass
 
 
-@web.stream_request_body
 class PassThroughHandler(BaseHandler):
     """Forwards any method on a served path to the API server, unchanged."""
 
-    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-
-    def prepare(self) -> None:
-        self._received = 0
-        self._chunks: list[bytes] = []
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
-            raise request_too_large()
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self._received += len(chunk)
-        if self._received > MAX_BODY:
-            # Answer now; tornado then drops the rest of the body instead of handing it on.
-            self._chunks = []
-            self.send_status(request_too_large())
-            return
-        self._chunks.append(chunk)
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        if self.request.method == "OPTIONS":
+            await super().endpoint()
+        await self.forward()
 
     def hold_for_cache(self) -> bool:
         """Whether a successful answer waits for the cache (read-your-writes)."""
@@ -143,7 +120,7 @@ class PassThroughHandler(BaseHandler):
         if self._finished:
             return
         method = self.request.method or "GET"
-        body = b"".join(self._chunks) if method in ("POST", "PUT", "PATCH", "DELETE") else None
+        body = self.body if method in ("POST", "PUT", "PATCH", "DELETE") else None
         if method == "DELETE" and not body:
             body = None
         policy = self.runtime.retry
@@ -205,8 +182,3 @@ class PassThroughHandler(BaseHandler):
             self.write(payload)
         if not self._finished:
             self.finish()
-
-    async def _forward_verb(self, *_args: str | None, **_kwargs: str | None) -> None:
-        await self.forward()
-
-    get = head = post = put = patch = delete = _forward_verb  # type: ignore[assignment]

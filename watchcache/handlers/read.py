@@ -88,6 +88,13 @@ class ResourceHandler(PassThroughHandler):
     def initialize(self, runtime, resource: CachedResource) -> None:  # type: ignore[override]
         super().initialize(runtime)
         self.resource = resource
+        self.resource_spec = resource.spec
+
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        if self.request.method == "GET":
+            await self.read(*args, **kwargs)
+        else:
+            await super().endpoint(*args, **kwargs)
 
     def prepare(self) -> None:
         self.watcher = None
@@ -141,9 +148,9 @@ class ResourceHandler(PassThroughHandler):
                 return
             await store.wait_for(store.rv + 1, left)
 
-    async def get(
+    async def read(
         self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
-    ) -> None:  # type: ignore[override]
+    ) -> None:
         query = {
             k: [v.decode("utf-8", "replace") for v in vs]
             for k, vs in self.request.query_arguments.items()

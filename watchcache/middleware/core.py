@@ -1,0 +1,123 @@
+"""The middleware protocol: a plain async wrapper around the next callable.
+
+    async def my_middleware(request: Request, call_next: Next) -> Response:
+        ...                      # look at or change the request
+        response = await call_next(request)
+        ...                      # look at or change the response
+        return response
+
+A middleware may also answer on its own: ``raise StatusError(...)`` (or return a
+``Response``) without calling ``call_next``. The chain is composed once, when the server
+starts. Responses that were streamed to the client as they were produced (watches, proxied
+streams) reach middleware with ``body=None``: their status and headers can be read, not
+changed. Every other response is still unsent and can be changed whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+import yaml
+from tornado import httputil
+
+from watchcache.config import ResourceSpec
+from watchcache.status import StatusError
+
+
+@dataclass(kw_only=True)
+class Request:
+    """What a middleware sees of a request; every field but ``path_params`` may be changed.
+
+    ``body`` is the whole request body (bodies are bounded to 3 MiB before any middleware
+    runs). ``resource`` is the Kubernetes resource the path names, when it is one watchcache
+    serves; ``user`` is whoever an authentication middleware says sent the request.
+    """
+
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: httputil.HTTPHeaders
+    body: bytes = b""
+    path_params: dict[str, str] = field(default_factory=dict)
+    resource: ResourceSpec | None = None
+    user: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    def json(self) -> object:
+        """The body decoded as JSON, or as YAML when the client sent YAML (as the API server
+        accepts either)."""
+        if "yaml" in self.content_type:
+            try:
+                return yaml.safe_load(self.body)
+            except yaml.YAMLError as exc:
+                raise StatusError(400, f"the body is not valid YAML: {exc}") from exc
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise StatusError(400, f"the body is not valid JSON: {exc}") from exc
+
+    def set_json(self, obj: object) -> None:
+        """Replaces the body with ``obj`` as JSON (a YAML body becomes JSON)."""
+        self.body = orjson.dumps(obj)
+        self.headers["Content-Type"] = "application/json"
+        self.headers.pop("Content-Length", None)
+
+
+@dataclass(kw_only=True)
+class Response:
+    status: int
+    headers: httputil.HTTPHeaders = field(default_factory=httputil.HTTPHeaders)
+    body: bytes | None = b""
+
+    @property
+    def streamed(self) -> bool:
+        """True when the body already went to the client as it was produced."""
+        return self.body is None
+
+    @classmethod
+    def json(cls, obj: object, status: int = 200) -> Response:
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
+        return cls(status=status, headers=headers, body=orjson.dumps(obj))
+
+    @classmethod
+    def from_status(cls, err: StatusError) -> Response:
+        resp = cls.json(err.to_dict(), err.code)
+        for name, value in err.headers.items():
+            resp.headers[name] = value
+        return resp
+
+
+Next = Callable[[Request], Awaitable[Response]]
+Middleware = Callable[[Request, Next], Awaitable[Response]]
+
+
+def compose(middleware: Sequence[Middleware], endpoint: Next) -> Next:
+    """One callable: the first middleware outermost, ``endpoint`` innermost. A StatusError
+    raised anywhere becomes a Status response that the outer middleware still see."""
+
+    async def guarded(request: Request, inner: Next = endpoint) -> Response:
+        try:
+            return await inner(request)
+        except StatusError as err:
+            return Response.from_status(err)
+
+    chain: Next = guarded
+    for mw in reversed(middleware):
+
+        def bind(mw: Middleware = mw, nxt: Next = chain) -> Next:
+            async def call(request: Request) -> Response:
+                try:
+                    return await mw(request, nxt)
+                except StatusError as err:
+                    return Response.from_status(err)
+
+            return call
+
+        chain = bind()
+    return chain

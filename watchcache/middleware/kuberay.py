@@ -1,0 +1,180 @@
+"""The KubeRay APIServer's other features, each a middleware: Ray events, the dashboard and
+job-submission service proxy gate, default values, and CORS."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import yaml
+from tornado import httputil
+
+from watchcache.config import ResourceSpec
+from watchcache.middleware.core import Next, Request, Response
+from watchcache.status import StatusError
+from watchcache.store import Store
+
+# Only events about Ray resources are ever cached: the limit is the cache's own upstream
+# selector, so no user selector can widen it.
+RAY_EVENTS = ResourceSpec(
+    group="events.k8s.io",
+    version="v1",
+    plural="events",
+    kind="Event",
+    field_selector="regarding.apiVersion=ray.io/v1",
+)
+KUBERAY_SERVICES = ResourceSpec(
+    group="",
+    version="v1",
+    plural="services",
+    kind="Service",
+    label_selector="app.kubernetes.io/name=kuberay",
+    served=False,
+)
+SERVICE_PROXY = (
+    r"/api/v1/namespaces/(?P<namespace>[^/]+)/services/(?P<service>[^/]+)/proxy(?P<rest>/.*)?"
+)
+_SERVICE_PROXY = re.compile(SERVICE_PROXY + "$")
+_NOT_ALLOWED = "the server does not allow this method on the requested resource"
+
+
+async def ray_events(request: Request, call_next: Next) -> Response:
+    """The events endpoint is read-only: list, get and watch of Ray events."""
+    spec = request.resource
+    if spec is RAY_EVENTS and request.method not in ("GET", "HEAD"):
+        raise StatusError(405, _NOT_ALLOWED, details={"group": "events.k8s.io", "kind": "events"})
+    return await call_next(request)
+
+
+def _service_name(text: str) -> str:
+    """The Service of a proxy path's ``[scheme:]name[:port]`` part; 400 when malformed."""
+    parts = text.split(":")
+    if len(parts) == 1:
+        name = parts[0]
+    elif len(parts) == 2:
+        # "name:port", or "scheme:name" where the scheme is http or https
+        name = parts[1] if parts[0] in ("http", "https") else parts[0]
+    elif len(parts) == 3 and parts[0] in ("http", "https", ""):
+        name = parts[1]
+    else:
+        name = ""
+    if not name:
+        raise StatusError(400, f'invalid service request "{text}"')
+    return name
+
+
+class ServiceProxyGate:
+    """Passes the Ray dashboard and job-submission proxy through only for KubeRay Services."""
+
+    def __init__(self, services: Store) -> None:
+        self.services = services
+
+    async def __call__(self, request: Request, call_next: Next) -> Response:
+        m = _SERVICE_PROXY.match(request.path)
+        if m is None:
+            return await call_next(request)
+        name = _service_name(m["service"])
+        if self.services.get(m["namespace"], name) is None:
+            raise StatusError(
+                404,
+                f'services "{name}" not found',
+                details={
+                    "name": name,
+                    "kind": "services",
+                    "causes": [{"message": "kuberay service not found"}],
+                },
+            )
+        if not m["rest"]:
+            # The API server answers ".../proxy" with a redirect to ".../proxy/"; go there at once.
+            request.path += "/"
+        return await call_next(request)
+
+
+def merge_defaults(obj: Any, defaults: Any) -> Any:
+    """``obj`` with every field it leaves unset taken from ``defaults`` (objects merge
+    recursively; a value the request gives, list or scalar, always wins)."""
+    if isinstance(obj, dict) and isinstance(defaults, dict):
+        out = dict(obj)
+        for key, value in defaults.items():
+            out[key] = merge_defaults(obj[key], value) if key in obj else copy.deepcopy(value)
+        return out
+    return obj
+
+
+class Defaults:
+    """Default values for created Ray resources, from a YAML file::
+
+    all:                      # every Ray resource
+      metadata: {labels: {team: ray}}
+    rayclusters:              # one resource; merged over "all"
+      spec: {headGroupSpec: {rayStartParams: {dashboard-host: 0.0.0.0}}}
+    image: rayproject/ray:2.46.0   # for every Ray container that names no image
+    """
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    @classmethod
+    def from_file(cls, path: str) -> Defaults:
+        with open(path) as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: the defaults file must hold a mapping")
+        return cls(values)
+
+    async def __call__(self, request: Request, call_next: Next) -> Response:
+        spec = request.resource
+        if (
+            request.method == "POST"
+            and spec is not None
+            and spec.group == "ray.io"
+            and request.body
+        ):
+            obj = request.json()
+            if isinstance(obj, dict):
+                merged = merge_defaults(obj, self.values.get(spec.plural) or {})
+                merged = merge_defaults(merged, self.values.get("all") or {})
+                image = self.values.get("image")
+                if image:
+                    _default_images(merged, str(image))
+                request.set_json(merged)
+        return await call_next(request)
+
+
+def _default_images(obj: Any, image: str) -> None:
+    """Sets ``image`` on every container of every pod template that has none."""
+    if isinstance(obj, dict):
+        for container in obj.get("containers") or [] if "containers" in obj else []:
+            if isinstance(container, dict) and not container.get("image"):
+                container["image"] = image
+        for value in obj.values():
+            _default_images(value, image)
+    elif isinstance(obj, list):
+        for value in obj:
+            _default_images(value, image)
+
+
+class Cors:
+    """``Access-Control-Allow-Origin`` on every answer, and preflight ``OPTIONS`` answered,
+    so a browser dashboard on another origin can call the server."""
+
+    METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+
+    async def __call__(self, request: Request, call_next: Next) -> Response:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            headers = httputil.HTTPHeaders()
+            headers["Access-Control-Allow-Methods"] = self.METHODS
+            asked = request.headers.get("Access-Control-Request-Headers")
+            headers["Access-Control-Allow-Headers"] = asked or "Content-Type, Authorization"
+            headers["Access-Control-Max-Age"] = "600"
+            response = Response(status=204, headers=headers, body=b"")
+        else:
+            response = await call_next(request)
+        response.headers["Access-Control-Allow-Origin"] = self.origin
+        if self.origin != "*":
+            response.headers.add("Vary", "Origin")
+        return response
