@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import logging
 import time
+from urllib.parse import urlencode
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +108,21 @@ class ResourceHandler(PassThroughHandler):
         super().on_connection_close()
 
     async def _forward(self) -> None:
-        """Pass this GET through to the API server after all."""
+        """Pass this GET through to the API server after all, within the cache's own
+        selectors (the Ray-events limit must hold upstream too)."""
+        spec = self.resource.spec
+        if spec.label_selector or spec.field_selector:
+            query = {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}
+            for param, own in (
+                ("labelSelector", spec.label_selector),
+                ("fieldSelector", spec.field_selector),
+            ):
+                if own:
+                    theirs = (query.get(param) or [""])[0]
+                    query[param] = [f"{own},{theirs}" if theirs else own]
+            self.request.uri = (
+                self.request.path + "?" + urlencode([(k, v) for k, vs in query.items() for v in vs])
+            )
         await self.forward()
 
     # ---- writes: read-your-writes ----------------------------------------------------------
