@@ -15,10 +15,10 @@ import gzip
 import hashlib
 import logging
 import time
-from urllib.parse import urlencode
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import orjson
 from cachetools import LRUCache
