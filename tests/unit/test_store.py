@@ -1,0 +1,106 @@
+"""The Store's own logic: ordering, the label index, re-list differences, snapshots, waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from watchcache.selectors import parse_field_selector, parse_label_selector
+from watchcache.store import Event, Store
+
+
+def obj(ns: str, name: str, rv: int, **labels: str) -> dict:
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"namespace": ns, "name": name, "resourceVersion": str(rv), "labels": labels},
+        "status": {"state": "ready" if rv % 2 else "suspended"},
+    }
+
+
+def names(entries) -> list[tuple[str, str]]:
+    return [(e.namespace, e.name) for e in entries]
+
+
+def select(store: Store, ns: str | None = None, labels: str = "", fields: str = ""):
+    return store.select(ns, parse_label_selector(labels), parse_field_selector(fields))
+
+
+@pytest.fixture
+def store() -> Store:
+    s = Store()
+    s.replace(
+        [obj("b", "x", 5, app="a"), obj("a", "z", 3, app="b"), obj("a", "y", 4, app="a", t="1")],
+        10,
+    )
+    return s
+
+
+def test_list_order_is_namespace_then_name(store: Store) -> None:
+    assert names(select(store)) == [("a", "y"), ("a", "z"), ("b", "x")]
+
+
+def test_namespace_list_is_a_key_range(store: Store) -> None:
+    assert names(select(store, "a")) == [("a", "y"), ("a", "z")]
+    assert names(select(store, "c")) == []
+
+
+def test_label_selector_uses_the_index_and_keeps_order(store: Store) -> None:
+    assert names(select(store, labels="app=a")) == [("a", "y"), ("b", "x")]
+    assert names(select(store, labels="app in (a,b),t")) == [("a", "y")]
+    assert names(select(store, labels="app!=a")) == [("a", "z")]
+
+
+def test_field_selectors_on_name_namespace_and_any_scalar_path(store: Store) -> None:
+    assert names(select(store, fields="metadata.name=z")) == [("a", "z")]
+    assert names(select(store, "b", fields="metadata.namespace=a")) == []
+    assert names(select(store, fields="status.state=ready")) == [("a", "z"), ("b", "x")]
+
+
+def test_label_change_moves_an_object_between_index_buckets(store: Store) -> None:
+    store.apply("MODIFIED", obj("a", "z", 11, app="a"))
+    assert names(select(store, labels="app=a")) == [("a", "y"), ("a", "z"), ("b", "x")]
+    assert names(select(store, labels="app=b")) == []
+
+
+def test_relist_difference_becomes_ordered_events(store: Store) -> None:
+    seen: list[Event] = []
+    store.subscribe(seen.append)
+    store.replace([obj("a", "y", 4, app="a"), obj("a", "z", 12), obj("c", "new", 11)], 20)
+    assert [(e.type, e.entry.name, e.rv) for e in seen] == [
+        ("ADDED", "new", 11),
+        ("MODIFIED", "z", 12),
+        ("DELETED", "x", 20),
+    ]
+    assert store.rv == 20
+
+
+def test_snapshot_is_unaffected_by_later_changes(store: Store) -> None:
+    snap = store.snapshot()
+    store.apply("DELETED", obj("a", "y", 11))
+    assert [e.name for e in snap.entries] == ["y", "z", "x"]
+    assert store.retained(10) is snap
+    assert names(select(store)) == [("a", "z"), ("b", "x")]
+
+
+def test_wait_for_returns_when_the_store_reaches_the_version(store: Store) -> None:
+    async def scenario() -> tuple[bool, bool]:
+        waiting = asyncio.ensure_future(store.wait_for(12, 5))
+        await asyncio.sleep(0)
+        store.bookmark(12)
+        reached = await waiting
+        timed_out = await store.wait_for(99, 0.01)
+        return reached, timed_out
+
+    assert asyncio.run(scenario()) == (True, False)
+
+
+def test_store_version_is_the_lowest_of_its_feeds() -> None:
+    s = Store(feeds=("a", "b"))
+    s.replace([obj("a", "x", 3)], 10, feed="a")
+    assert not s.synced
+    s.replace([obj("b", "x", 4)], 7, feed="b")
+    assert s.synced and s.rv == 7 and s.sync_rv == 10
+    s.bookmark(15, feed="b")
+    assert s.rv == 10
