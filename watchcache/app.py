@@ -14,9 +14,15 @@ from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
 from watchcache.config import ResourceSpec, Settings
-from watchcache.handlers.base import HealthHandler, NotFoundHandler, ReadyHandler
+from watchcache.handlers.base import (
+    HealthHandler,
+    MetricsHandler,
+    NotFoundHandler,
+    ReadyHandler,
+)
 from watchcache.handlers.proxy import PassThroughHandler
 from watchcache.handlers.read import CachedResource, ResourceHandler, list_path_args
+from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
 from watchcache.middleware.kuberay import (
     KUBERAY_SERVICES,
@@ -46,6 +52,7 @@ class Runtime:
         self.settings = settings
         self.upstream = upstream
         self.retry = settings.retry
+        self.requests = RequestCounter()
         self.cached: dict[ResourceSpec, CachedResource] = {}
         self.reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,6 +125,7 @@ def routes(runtime: Runtime) -> list[Any]:
         (r"/healthz", HealthHandler, args),
         (r"/livez", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
+        (r"/metrics", MetricsHandler, args),
     ]
     for spec, resource in runtime.cached.items():
         if not spec.served:
@@ -144,6 +152,9 @@ def make_app(runtime: Runtime) -> web.Application:
 
 def _log_request(handler: web.RequestHandler) -> None:
     status = handler.get_status()
+    runtime = getattr(handler, "runtime", None)
+    if runtime is not None:
+        runtime.requests.count(handler.request.method or "", status)
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log.log(
         level,

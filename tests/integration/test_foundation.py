@@ -171,3 +171,12 @@ def test_no_control_plane_process_outlives_its_launcher(how: signal.Signals) -> 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_metrics_report_cache_state_in_prometheus_text(cached) -> None:
+    code, headers, body = cached.request("GET", "/metrics")
+    assert code == 200
+    assert headers["Content-Type"].startswith("text/plain")
+    text = body.decode()
+    assert 'watchcache_cache_synced{resource="rayclusters.ray.io"} 1' in text
+    assert "watchcache_http_requests_total" in text

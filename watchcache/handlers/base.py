@@ -228,3 +228,13 @@ class ReadyHandler(BaseHandler):
             self.finish(("not ready: " + ", ".join(waiting)).encode())
         else:
             self.finish(b"ok")
+
+
+class MetricsHandler(BaseHandler):
+    """``/metrics``: Prometheus text, outside the middleware chain."""
+
+    def get(self) -> None:  # type: ignore[override]
+        from watchcache.metrics import render
+
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(render(self.runtime, self.runtime.requests))

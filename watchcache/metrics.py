@@ -1,0 +1,109 @@
+"""``/metrics`` in the Prometheus text format, read from the server's state when scraped.
+
+Nothing on the request path updates a metric except one counter per answered request;
+everything else (cache sizes, versions, watchers) is read from the objects that own it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from watchcache.app import Runtime
+
+
+class RequestCounter:
+    """Answered requests by method and status code."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, int]] = Counter()
+
+    def count(self, method: str, code: int) -> None:
+        self.counts[(method, code)] += 1
+
+
+def _labels(**labels: object) -> str:
+    inner = ",".join(f'{k}="{str(v).replace(chr(34), chr(39))}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def render(runtime: Runtime, requests: RequestCounter) -> bytes:
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {help_}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    metric(
+        "watchcache_http_requests_total",
+        "counter",
+        "Answered HTTP requests.",
+        [(_labels(method=m, code=c), n) for (m, c), n in sorted(requests.counts.items())],
+    )
+    cached = runtime.cached.items()
+    res = [
+        (spec, r, _labels(resource=f"{spec.plural}.{spec.group or 'core'}")) for spec, r in cached
+    ]
+    metric(
+        "watchcache_cache_objects",
+        "gauge",
+        "Objects in the cache.",
+        [(lb, len(r.store)) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_cache_resource_version",
+        "gauge",
+        "The version the cache has reached.",
+        [(lb, r.store.rv) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_cache_synced",
+        "gauge",
+        "1 once the cache has listed its resource.",
+        [(lb, int(r.store.synced)) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_watchers",
+        "gauge",
+        "Open downstream watches.",
+        [(lb, len(r.hub.watchers)) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_watchers_ended_slow_total",
+        "counter",
+        "Watches ended because the client fell too far behind.",
+        [(lb, r.hub.ended_slow) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_watch_history_events",
+        "gauge",
+        "Events kept for watch resumption.",
+        [(lb, len(r.hub.history)) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_write_wait_timeouts_total",
+        "counter",
+        "Writes answered before the cache showed them (read-your-writes bound hit).",
+        [(lb, r.write_wait_timeouts) for _, r, lb in res],
+    )
+    by_resource: Counter[str] = Counter()
+    watches: Counter[str] = Counter()
+    for reflector in runtime.reflectors:
+        key = _labels(resource=f"{reflector.resource.plural}.{reflector.resource.group or 'core'}")
+        by_resource[key] += reflector.lists
+        watches[key] += reflector.watches
+    metric(
+        "watchcache_upstream_lists_total",
+        "counter",
+        "LISTs sent upstream by reflectors.",
+        sorted(by_resource.items()),
+    )
+    metric(
+        "watchcache_upstream_watches_total",
+        "counter",
+        "WATCHes sent upstream by reflectors.",
+        sorted(watches.items()),
+    )
+    return ("\n".join(lines) + "\n").encode()
