@@ -29,10 +29,16 @@ lint: $(BIN)/watchcache
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 
+## bench: watchcache vs kube-apiserver, side by side (about 15 minutes); writes benchmarks/results/
 bench: $(BIN)/watchcache controlplane
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.run
 
+## bench-quick: the same scenarios at small sizes (under 3 minutes; CI runs it)
 bench-quick: $(BIN)/watchcache controlplane
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:

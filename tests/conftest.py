@@ -10,9 +10,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,16 +71,18 @@ class Proxy:
         return self.log_path.read_text(errors="replace")
 
 
-def start_proxy(cp: ControlPlane, tmp: Path, *args: str) -> Proxy:
+def start_proxy(
+    cp: ControlPlane, tmp: Path, *args: str, command: Sequence[str] = ("-m", "watchcache", "serve")
+) -> Proxy:
+    """Starts ``python COMMAND --kubeconfig K --port P --log-level DEBUG ARGS`` (by default
+    `watchcache serve`; the examples' servers take the same flags) and waits until ready."""
     port = free_port()
     log_path = tmp / f"watchcache-{port}.log"
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                "watchcache",
-                "serve",
+                *command,
                 "--kubeconfig",
                 str(cp.kubeconfig),
                 "--port",
@@ -126,8 +129,8 @@ def proxy_factory(
     started: list[Proxy] = []
     tmp = tmp_path_factory.mktemp("proxies")
 
-    def factory(*args: str) -> Proxy:
-        proxy = start_proxy(controlplane, tmp, *args)
+    def factory(*args: str, **kw: Any) -> Proxy:
+        proxy = start_proxy(controlplane, tmp, *args, **kw)
         started.append(proxy)
         return proxy
 

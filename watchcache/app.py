@@ -14,12 +14,14 @@ from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
 from watchcache.config import ResourceSpec, Settings
+from watchcache.discovery import Discovery
 from watchcache.handlers.base import (
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
     ReadyHandler,
 )
+from watchcache.handlers.discovery import discovery_routes
 from watchcache.handlers.proxy import PassThroughHandler
 from watchcache.handlers.read import CachedResource, ResourceHandler, list_path_args
 from watchcache.metrics import RequestCounter
@@ -62,6 +64,9 @@ class Runtime:
             specs += [CONFIGMAPS, RAY_EVENTS, KUBERAY_SERVICES]
         for spec in specs:
             self._cache(spec)
+        # What discovery lists: the configured resources and any other served cache (events).
+        extra = [s for s in self.cached if s.served and s not in settings.resources]
+        self.discovery = Discovery(upstream, [*settings.resources, *extra])
         self.middleware: list[Middleware] = [*self._builtin_middleware(), *middleware]
         self.chain: Next = compose(self.middleware, _dispatch)
 
@@ -90,9 +95,11 @@ class Runtime:
         if settings.kuberay_features:
             out.append(ray_events)
             out.append(ServiceProxyGate(self.cached[KUBERAY_SERVICES].store))
-            out.append(ComputeTemplates(self.cached[CONFIGMAPS].store, self.upstream))
+        # Defaults first: a defaults file may name a group's computeTemplate.
         if settings.defaults_file:
             out.append(Defaults.from_file(settings.defaults_file))
+        if settings.kuberay_features:
+            out.append(ComputeTemplates(self.cached[CONFIGMAPS].store, self.upstream))
         return out
 
     def start(self) -> None:
@@ -126,6 +133,7 @@ def routes(runtime: Runtime) -> list[Any]:
         (r"/livez", HealthHandler, args),
         (r"/readyz", ReadyHandler, args),
         (r"/metrics", MetricsHandler, args),
+        *discovery_routes(runtime, runtime.discovery.specs),
     ]
     for spec, resource in runtime.cached.items():
         if not spec.served:

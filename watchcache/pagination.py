@@ -33,7 +33,7 @@ class ContinueCodec:
         return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def encode(self, rv: int, last: Key) -> str:
-        payload = orjson.dumps([self._instance, rv, last[0], last[1]])
+        payload = orjson.dumps([self._instance, rv, last])
         body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
         return f"{PREFIX}{body}.{self._sign(payload)}"
 
@@ -46,15 +46,15 @@ class ContinueCodec:
         try:
             body, mac = token[len(PREFIX) :].split(".", 1)
             payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-            instance, rv, namespace, name = orjson.loads(payload)
+            instance, rv, last = orjson.loads(payload)
             valid = hmac.compare_digest(mac, self._sign(payload))
         except (ValueError, binascii.Error, orjson.JSONDecodeError, TypeError):
             raise invalid_token() from None
         if instance != self._instance:
             return None
-        if not valid or not isinstance(rv, int) or not isinstance(name, str):
+        if not valid or not isinstance(rv, int) or not isinstance(last, str):
             raise invalid_token()
-        return rv, (str(namespace), name)
+        return rv, last
 
 
 def invalid_token() -> StatusError:

@@ -150,13 +150,20 @@ class Reflector:
         )
         sink = LineSink(self._on_line)
         self.watches += 1
+        self._error: dict[str, Any] | None = None
         await self.upstream.send("GET", target, sink, headers={"Accept": "application/json"})
-        if sink.code == 410:
+        # An ERROR event is recorded, not raised: raised inside the sink it would surface
+        # as a broken connection, and the 410 that calls for a new LIST would be lost.
+        if sink.code == 410 or (self._error is not None and self._error.get("code") == 410):
             raise Gone()
+        if self._error is not None:
+            raise UpstreamError(f"watch error: {self._error.get('message')}")
         if sink.code != 200:
             raise UpstreamError(f"WATCH {self.path}: HTTP {sink.code}: {sink.error_body[:300]!r}")
 
     def _on_line(self, line: bytes) -> None:
+        if self._error is not None:
+            return  # the server ends the stream after an error; nothing after it counts
         event = orjson.loads(line)
         kind = event.get("type")
         obj = event.get("object") or {}
@@ -167,6 +174,4 @@ class Reflector:
             self.rv = int(obj["metadata"]["resourceVersion"])
             self.sink.bookmark(self.rv, feed=self.namespace)
         elif kind == "ERROR":
-            if obj.get("code") == 410:
-                raise Gone()
-            raise UpstreamError(f"watch error: {obj.get('message')}")
+            self._error = obj

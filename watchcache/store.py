@@ -26,7 +26,13 @@ from cachetools import TTLCache
 
 from watchcache.selectors import FieldSelector, LabelSelector, lookup_path
 
-Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
+# "namespace/name", the API server's storage key: lists are in its byte order, which is not
+# (namespace, name) order ("a-1/x" sorts before "a/x"). Cluster-scoped objects: "name".
+Key = str
+
+
+def key_of(namespace: str, name: str) -> Key:
+    return f"{namespace}/{name}" if namespace else name
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
 
@@ -42,7 +48,7 @@ class Entry:
 
     @property
     def key(self) -> Key:
-        return (self.namespace, self.name)
+        return key_of(self.namespace, self.name)
 
     def field(self, path: str) -> str | None:
         """A field's value for field selectors; only uncommon paths decode the object."""
@@ -82,6 +88,13 @@ class Snapshot:
     generation: int
     entries: tuple[Entry, ...]
     keys: tuple[Key, ...]
+
+
+def key_range(keys: list[Key] | tuple[Key, ...], namespace: str | None) -> tuple[int, int]:
+    """The slice of sorted ``keys`` that holds one namespace ('/' + 1 is '0')."""
+    if namespace is None:
+        return 0, len(keys)
+    return bisect.bisect_left(keys, namespace + "/"), bisect.bisect_left(keys, namespace + "0")
 
 
 def matches(entry: Entry, labels: LabelSelector, fields: FieldSelector) -> bool:
@@ -142,15 +155,18 @@ class Store:
         return len(self._items)
 
     def get(self, namespace: str, name: str) -> Entry | None:
-        return self._items.get((namespace, name))
+        return self._items.get(key_of(namespace, name))
 
     def keys_in(self, namespace: str | None) -> list[Key]:
         """Sorted keys of one namespace (bisected out of the sorted key list), or all of them."""
         if namespace is None:
             return self._keys
-        lo = bisect.bisect_left(self._keys, (namespace,))
-        hi = bisect.bisect_left(self._keys, (namespace + "\x00",))
+        lo, hi = key_range(self._keys, namespace)
         return self._keys[lo:hi]
+
+    def entries_in(self, namespace: str | None) -> list[Entry]:
+        items = self._items
+        return [items[k] for k in self.keys_in(namespace)]
 
     def select(
         self, namespace: str | None, labels: LabelSelector, fields: FieldSelector
@@ -165,13 +181,12 @@ class Store:
                 return []
             namespace = ns
         if name is not None and namespace is not None:
-            entry = items.get((namespace, name))
+            entry = items.get(key_of(namespace, name))
             return [entry] if entry is not None and matches(entry, labels, fields) else []
         candidates = self._index_candidates(labels)
         if candidates is not None:
-            keys: Iterable[Key] = sorted(
-                k for k in candidates if namespace is None or k[0] == namespace
-            )
+            prefix = f"{namespace}/" if namespace is not None else ""
+            keys: Iterable[Key] = sorted(k for k in candidates if k.startswith(prefix))
         else:
             keys = self.keys_in(namespace)
         if labels.empty and fields.empty:
@@ -272,7 +287,7 @@ class Store:
         """
         self.initial_list = feed in self._unsynced
         fresh = {e.key: e for e in map(Entry.from_object, objects)}
-        in_scope = [k for k in self._items if feed is None or k[0] == feed]
+        in_scope = [k for k in self._items if feed is None or k.startswith(feed + "/")]
         events: list[Event] = []
         for key, entry in fresh.items():
             prev = self._items.get(key)

@@ -220,11 +220,14 @@ class Upstream:
         headers: httputil.HTTPHeaders | dict[str, str] | None = None,
         body: Body = None,
         stream: iostream.IOStream | None = None,
+        replay: bool = True,
     ) -> None:
         """Sends one request and feeds its response to ``sink``.
 
         A stale kept-alive connection fails before any response byte arrives; such a
-        request is sent again once on a fresh connection when its body can be replayed.
+        request is sent again once on a fresh connection when its body can be replayed and
+        ``replay`` allows it (a create that could make a duplicate must say False: the
+        server may have received it before the connection broke).
         """
         for attempt in (0, 1):
             reused = bool(self._idle) and stream is None
@@ -234,7 +237,7 @@ class Upstream:
                 await self._exchange(conn_stream, method, target, headers, body, delegate)
             except (iostream.StreamClosedError, OSError, ssl.SSLError) as exc:
                 conn_stream.close()
-                replayable = not isinstance(body, AsyncIterator)
+                replayable = replay and not isinstance(body, AsyncIterator)
                 if attempt == 0 and reused and not delegate.started and replayable:
                     continue
                 raise UpstreamError(

@@ -9,12 +9,16 @@ matching as ADDED.
 Slow consumers: every watcher has a bounded queue. Delivery never waits for a watcher; one
 whose queue is full is ended (it may resume from the last version it received), as the
 Kubernetes API server's cacher ends watchers it cannot feed. Nothing here grows without
-bound: the history is a ring limited in count and age, the queues are limited in count.
+bound: the history is a ring limited in count and age, the queues in frames and in bytes
+(frames are shared, but a lagging watcher pins the ones it has not sent, and one frame may
+be a 1.5 MB object), and a stream takes at most ``drain``'s budget out of its queue at once,
+so what waits in a stalled connection's write buffer is bounded too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -53,11 +57,13 @@ class WatchEvent:
 
     def deleted(self) -> bytes:
         """A real deletion carries the final object; leaving a selector carries the previous
-        state stamped with this event's version, as the cacher sends it."""
+        state stamped with this event's version, as the cacher sends it. So does a deletion
+        found by a re-list, whose entry is the last state seen (its bytes are the previous
+        entry's): the client must see the deletion's version, not an older one."""
         if self._deleted is None:
             ev = self.event
             raw = ev.entry.raw
-            if ev.type != "DELETED" and ev.prev is not None:
+            if ev.prev is not None and (ev.type != "DELETED" or raw is ev.prev.raw):
                 obj = orjson.loads(ev.prev.raw)
                 obj.setdefault("metadata", {})["resourceVersion"] = str(ev.rv)
                 raw = orjson.dumps(obj)
@@ -99,10 +105,12 @@ class Filter:
 class Watcher:
     """One downstream watch: a bounded queue of frames and the state of its stream."""
 
-    def __init__(self, filter_: Filter, capacity: int) -> None:
+    def __init__(self, filter_: Filter, capacity: int, max_bytes: int = 8 << 20) -> None:
         self.filter = filter_
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.frames: deque[bytes] = deque()
+        self.queued_bytes = 0  # the size of ``frames``
         self.rv = 0  # the version of the last frame queued
         self.skip_until = 0  # events at or below this version are not for this watcher
         self.ended = False
@@ -117,13 +125,16 @@ class Watcher:
             return False
         if rv <= self.skip_until:
             return True
-        if len(self.frames) >= self.capacity:
+        if self.frames and (
+            len(self.frames) >= self.capacity or self.queued_bytes + len(frame) > self.max_bytes
+        ):  # an empty queue takes any one frame: no object is too big to watch
             self.overflowed = True
             self.end()
             if self.on_overflow is not None:
                 self.on_overflow()
             return False
         self.frames.append(frame)
+        self.queued_bytes += len(frame)
         self.rv = rv
         self._wake.set()
         return True
@@ -132,19 +143,25 @@ class Watcher:
         self.ended = True
         self._wake.set()
 
-    def drain(self) -> list[bytes]:
-        out = list(self.frames)
-        self.frames.clear()
-        self._wake.clear()
+    def drain(self, budget: int) -> list[bytes]:
+        """Frames from the head of the queue, about ``budget`` bytes of them (at least one)."""
+        out: list[bytes] = []
+        taken = 0
+        frames = self.frames
+        while frames and (not out or taken + len(frames[0]) <= budget):
+            frame = frames.popleft()
+            out.append(frame)
+            taken += len(frame)
+        self.queued_bytes -= taken
+        if not frames:
+            self._wake.clear()
         return out
 
     async def wait(self, timeout: float | None) -> None:
         if self.frames or self.ended:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except TimeoutError:
-            pass
 
 
 @dataclass(kw_only=True)
@@ -166,14 +183,19 @@ class Hub:
 
     store: Store
     limits: HistoryLimits = field(default_factory=HistoryLimits)
-    queue_capacity: int = 1024
+    queue_capacity: int = 1024  # frames per watcher
+    queue_bytes: int = 8 << 20  # bytes per watcher
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         self.history: deque[tuple[float, WatchEvent]] = deque()
         # Versions above this one are all in the history (or the store is not yet synced).
         self.window_start = 0
-        self.watchers: set[Watcher] = set()
+        self.watchers: set[Watcher] = set()  # those events are delivered to
+        # Those whose streams have not finished yet: close_all ends them, wait_closed waits.
+        self._open: set[Watcher] = set()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
         self.ended_slow = 0  # watchers ended because they fell behind
         self.events = 0
         self.store.subscribe(self._on_event)
@@ -214,13 +236,30 @@ class Hub:
             if wev.rv > rv:
                 yield wev
 
+    def watcher(self, filter_: Filter) -> Watcher:
+        """A new watcher with this hub's queue bounds; ``add`` starts its delivery."""
+        return Watcher(filter_, self.queue_capacity, self.queue_bytes)
+
     def add(self, watcher: Watcher) -> None:
         self.watchers.add(watcher)
+        self._open.add(watcher)
+        self._all_closed.clear()
 
     def remove(self, watcher: Watcher) -> None:
+        """Called once the watcher's stream has finished (its end is written)."""
         self.watchers.discard(watcher)
+        self._open.discard(watcher)
+        if not self._open:
+            self._all_closed.set()
 
     def close_all(self) -> None:
-        for watcher in list(self.watchers):
+        """Ends every watch (on shutdown); each stream then writes its clean end."""
+        for watcher in list(self._open):
             watcher.end()
         self.watchers.clear()
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """After close_all: True once every stream has finished, False after ``timeout``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        return self._all_closed.is_set()

@@ -104,3 +104,10 @@ def test_store_version_is_the_lowest_of_its_feeds() -> None:
     assert s.synced and s.rv == 7 and s.sync_rv == 10
     s.bookmark(15, feed="b")
     assert s.rv == 10
+
+
+def test_order_is_the_storage_key_order_not_the_namespace_name_pair() -> None:
+    s = Store()
+    s.replace([obj("a", "x", 3), obj("a-1", "x", 4), obj("a", "y", 5)], 10)
+    assert names(select(s)) == [("a-1", "x"), ("a", "x"), ("a", "y")]
+    assert names(select(s, "a")) == [("a", "x"), ("a", "y")]

@@ -46,6 +46,7 @@ class BaseHandler(web.RequestHandler):
         self.runtime = runtime
         self.body = b""
         self._capturing = False
+        self.set_default_headers()  # tornado ran it before initialize, without the runtime
 
     def prepare(self) -> None:
         self._received = 0
@@ -139,7 +140,7 @@ class BaseHandler(web.RequestHandler):
         self.clear()
         self.set_status(response.status, httputil.responses.get(response.status, "Unknown"))
         self._headers = response.headers
-        self.finish(response.body)
+        self.finish(response.body or None)  # 204 and 304 must carry no body at all
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
         if self._capturing and not self._headers_written:

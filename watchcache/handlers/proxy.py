@@ -5,7 +5,11 @@ upstream read (backpressure), so a ``?watch=true`` response streams. A request b
 gathered (it is at most 3 MiB, the Kubernetes limit, and a larger one is refused with 413
 as soon as it passes the limit, never held whole) so that a transient failure can be
 retried with the same bytes. Retries are decided on the response's status line, before any
-byte of it reaches the client.
+byte of it reaches the client. A status line other than a transient failure means the
+server has handled the request: if its answer then breaks off, the request is not sent
+again; a held answer becomes a 502, a relayed one is broken off for the client too, never
+ended as if it were whole. A create that could make a duplicate (only ``generateName``)
+is sent exactly once, not even replayed on a fresh connection.
 
 A successful write to a cached resource is held until the cache has seen it
 (read-your-writes): the client's next read, answered from the cache, shows its write.
@@ -14,6 +18,7 @@ A successful write to a cached resource is held until the cache has seen it
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -49,6 +54,11 @@ def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
     return {n: request.headers[n] for n in FORWARD_REQUEST_HEADERS if n in request.headers}
 
 
+# Given an answer's status code (None: no answer) and Retry-After, the seconds to wait
+# before sending the request again, or None not to.
+RetryDecision = Callable[[int | None, str | None], float | None]
+
+
 class _Relay:
     """A ResponseSink writing to the downstream handler, flush by flush.
 
@@ -56,19 +66,26 @@ class _Relay:
     ``hold`` is set, so that the handler can release it once the cache has caught up.
     """
 
-    def __init__(self, handler: web.RequestHandler, retry: Callable[[int], bool], hold: bool):
+    def __init__(self, handler: web.RequestHandler, decide: RetryDecision, hold: bool):
         self.handler = handler
-        self.retry = retry
+        self.decide = decide
         self.hold = hold
+        # A status line arrived: the server has handled the request, whatever follows.
+        self.answered = False
+        # Part of the answer reached the client: it can no longer be retried or replaced.
         self.started = False
         self.retry_code: int | None = None
-        self.retry_after: str | None = None
+        self.retry_wait: float | None = None  # set: this answer is dropped and retried
         self.held: tuple[int, str, httputil.HTTPHeaders] | None = None
         self.chunks: list[bytes] = []
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
-        if self.retry(code):
-            self.retry_code, self.retry_after = code, headers.get("Retry-After")
+        self.answered = True
+        # Decided here, once, with the Retry-After and the time spent so far, so that what
+        # is decided is also what is done.
+        wait = self.decide(code, headers.get("Retry-After"))
+        if wait is not None:
+            self.retry_code, self.retry_wait = code, wait
             return None
         if self.hold and 200 <= code < 300:
             self.held = (code, reason, headers)
@@ -88,7 +105,7 @@ class _Relay:
                 h.add_header(name, value)
 
     def data(self, chunk: bytes) -> Awaitable[None] | None:
-        if self.retry_code is not None:
+        if self.retry_wait is not None:
             return None
         if self.held is not None:
             self.chunks.append(chunk)
@@ -98,6 +115,33 @@ class _Relay:
 
     def end(self) -> None:
         pass
+
+
+def decide_after_failure(relay: _Relay, exc: UpstreamError, wait: float | None) -> float:
+    """The wait before sending again a request whose answer never came whole, or the error
+    to answer instead."""
+    if relay.answered:
+        # A held answer broke off: the server has applied the request, and sending it
+        # again could apply it twice (an append, a create).
+        raise StatusError(
+            502,
+            "the connection to the Kubernetes API server broke during its answer; the "
+            f"request may have been applied: {exc}",
+        ) from exc
+    if wait is None:
+        raise StatusError(503, f"the Kubernetes API server is unavailable: {exc}") from exc
+    return wait
+
+
+def decoded(body: bytes, headers: httputil.HTTPHeaders) -> bytes:
+    """The answer's JSON: kube-apiserver gzips one over 128 KiB for a client that accepts it.
+    Undecodable bytes are returned as they are (the cache wait then gives up on them)."""
+    if headers.get("Content-Encoding", "").lower() != "gzip":
+        return body
+    try:
+        return gzip.decompress(body)
+    except (OSError, EOFError):
+        return body
 
 
 class PassThroughHandler(BaseHandler):
@@ -129,12 +173,16 @@ class PassThroughHandler(BaseHandler):
         started = time.monotonic()
         attempt = 0
         while True:
-            elapsed = time.monotonic() - started
 
-            def retry(code: int, attempt: int = attempt, elapsed: float = elapsed) -> bool:
-                return not once and policy.delay(attempt, elapsed, code=code) is not None
+            def decide(
+                code: int | None, retry_after: str | None, attempt: int = attempt
+            ) -> float | None:
+                if once:
+                    return None
+                elapsed = time.monotonic() - started
+                return policy.delay(attempt, elapsed, code=code, retry_after=retry_after)
 
-            relay = _Relay(self, retry, hold)
+            relay = _Relay(self, decide, hold)
             try:
                 await self.runtime.upstream.send(
                     method,
@@ -142,42 +190,34 @@ class PassThroughHandler(BaseHandler):
                     relay,
                     headers=forward_headers(self.request),
                     body=body,
+                    replay=not once,
                 )
             except UpstreamError as exc:
                 if relay.started:
-                    log.info("upstream stream ended early: %s", exc)
-                    break
-                wait = None if once else policy.delay(attempt, elapsed, code=None)
-                if wait is None:
-                    raise StatusError(
-                        503, f"the Kubernetes API server is unavailable: {exc}"
-                    ) from exc
-                log.info("%s %s: %s; retry in %.1fs", method, self.request.path, exc, wait)
-                await asyncio.sleep(wait)
-                attempt += 1
-                continue
+                    # The client has the head and part of the body. Ending the answer
+                    # cleanly would pass a truncated one off as whole: break it off too.
+                    log.warning("%s %s: answer broke off: %s", method, self.request.path, exc)
+                    self.request.connection.close()
+                    return
+                if relay.retry_wait is None:  # else a retried answer broke off: no matter
+                    relay.retry_wait = decide_after_failure(relay, exc, decide(None, None))
             except iostream.StreamClosedError:
                 return  # the client went away; nothing to answer
-            if relay.retry_code is not None:
-                wait = policy.delay(
-                    attempt, elapsed, code=relay.retry_code, retry_after=relay.retry_after
-                )
-                assert wait is not None
-                log.info(
-                    "%s %s: HTTP %d; retry in %.1fs",
-                    method,
-                    self.request.path,
-                    relay.retry_code,
-                    wait,
-                )
-                await asyncio.sleep(wait)
-                attempt += 1
-                continue
-            break
+            if relay.retry_wait is None:
+                break
+            log.info(
+                "%s %s: %s; retry in %.1fs",
+                method,
+                self.request.path,
+                f"HTTP {relay.retry_code}" if relay.retry_code else "no answer",
+                relay.retry_wait,
+            )
+            await asyncio.sleep(relay.retry_wait)
+            attempt += 1
         if relay.held is not None:
             code, reason, headers = relay.held
             payload = b"".join(relay.chunks)
-            await self.wait_for_cache(code, payload)
+            await self.wait_for_cache(code, decoded(payload, headers))
             relay.send_head(code, reason, headers)
             self.write(payload)
         if not self._finished:

@@ -25,6 +25,7 @@ from cachetools import LRUCache
 
 from watchcache.config import ResourceSpec
 from watchcache.handlers.proxy import PassThroughHandler
+from watchcache.handlers.table import FORWARD, TableRequest, list_meta, send_table, table_for
 from watchcache.handlers.watch import serve_watch
 from watchcache.listoptions import (
     ListOptions,
@@ -35,7 +36,7 @@ from watchcache.listoptions import (
 )
 from watchcache.pagination import ContinueCodec
 from watchcache.status import StatusError, not_found, too_many_requests
-from watchcache.store import Entry, Key, Snapshot, Store, matches
+from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
 from watchcache.watch import Hub, TooOld
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def _etag(entries: list[Entry], salt: bytes) -> str:
 
 class ResourceHandler(PassThroughHandler):
     """Reads of one cached resource; every other method passes through."""
+
+    table: TableRequest | None = None  # set per read: the Table it asked for, if any
 
     def initialize(self, runtime, resource: CachedResource) -> None:  # type: ignore[override]
         super().initialize(runtime)
@@ -181,6 +184,11 @@ class ResourceHandler(PassThroughHandler):
             raise too_many_requests(
                 f"the cache of {res.spec.plural}.{res.spec.group} is initializing", 1
             )
+        table = await table_for(self, query)  # None: plain JSON
+        if table == FORWARD or (table is not None and name is None and opts.watch):
+            await self._forward()  # a form the cache does not render; Table watches
+            return
+        self.table = table
         if name is None and opts.watch:
             await serve_watch(self, res, namespace, opts)
         elif name is None:
@@ -202,6 +210,9 @@ class ResourceHandler(PassThroughHandler):
         entry = store.get(namespace, name)
         if entry is None:
             raise not_found(self.resource.spec.group, self.resource.spec.plural, name)
+        if self.table is not None:
+            send_table(self, self.table, [entry.raw], list_meta(entry.rv))
+            return
         etag = f'"{entry.rv}"'
         self.set_header("ETag", etag)
         if self._not_modified(etag):
@@ -272,10 +283,7 @@ class ResourceHandler(PassThroughHandler):
         cache, "more" means unfiltered items remain, so a selective list may end on an
         empty page; remainingItemCount is given only for unfiltered lists."""
         keys, entries = snap.keys, snap.entries
-        lo, hi = 0, len(keys)
-        if namespace is not None:
-            lo = bisect.bisect_left(keys, (namespace,))
-            hi = bisect.bisect_left(keys, (namespace + "\x00",))
+        lo, hi = key_range(keys, namespace)
         if start is not None:
             lo = max(lo, bisect.bisect_right(keys, start))
         labels, fields = opts.label_selector, opts.field_selector
@@ -307,6 +315,9 @@ class ResourceHandler(PassThroughHandler):
         remaining: int | None = None,
     ) -> None:
         """Sends a list body, rendered once per (request, store state) and reused."""
+        if self.table is not None:
+            send_table(self, self.table, [e.raw for e in select()], list_meta(rv, token, remaining))
+            return
         res = self.resource
         key = (namespace, self.request.query)
         cached = res.renders.get(key)

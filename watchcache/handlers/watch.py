@@ -6,6 +6,7 @@ reads slowly its frames wait in its bounded queue; when that fills, the Hub ends
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from watchcache.handlers.read import CachedResource, ResourceHandler
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
-BATCH = 256  # initial frames written per flush
+WRITE_BUDGET = 1 << 20  # bytes written per flush: what a stalled stream holds in flight
 
 
 def bookmark_frame(resource: CachedResource, rv: int, *, initial_end: bool = False) -> bytes:
@@ -36,24 +37,30 @@ async def serve_watch(
 ) -> None:
     store, hub = resource.store, resource.hub
     filter_ = Filter(namespace, opts.label_selector, opts.field_selector)
-    watcher = Watcher(filter_, hub.queue_capacity)
+    watcher = hub.watcher(filter_)
     watcher.on_overflow = handler.request.connection.close  # type: ignore[union-attr]
     handler.watcher = watcher
     rv_text = opts.resource_version or ""
     initial: list[bytes] = []
     initial_end: int | None = None
 
-    if rv_text not in ("", "0"):
-        wanted = resource_version_int(rv_text)
-        await store.wait_for(wanted, resource.rv_wait)
-    else:
-        wanted = 0
-
-    # From here to hub.add there is no await: the state copied and the events that follow
-    # it join without a gap or an overlap.
     start_from_state = opts.send_initial_events is True or (
         rv_text in ("", "0") and opts.send_initial_events is None
     )
+    wanted = 0
+    if rv_text not in ("", "0"):
+        wanted = resource_version_int(rv_text)
+        reached = await store.wait_for(wanted, resource.rv_wait)
+        if start_from_state and not reached:
+            # The initial state must be at least as new as N, and the cache cannot tell that
+            # nothing changed up to N (N may come from a write to another resource). The API
+            # server can: it answers this watch (or sends the 504 ERROR event itself).
+            await handler._forward()
+            return
+        # A legacy watch from N needs no such state: events up to N are skipped below.
+
+    # From here to hub.add there is no await: the state copied and the events that follow
+    # it join without a gap or an overlap.
     if start_from_state:
         for entry in store.select(namespace, opts.label_selector, opts.field_selector):
             initial.append(b'{"type":"ADDED","object":' + entry.raw + b"}\n")
@@ -72,18 +79,19 @@ async def serve_watch(
             watcher.rv = max(store.rv, wanted)
             watcher.skip_until = wanted
         except TooOld as exc:
-            await _start_stream(handler)
             status = watch_too_old(exc.requested, exc.oldest + 1)
-            handler.write(b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n")
+            with contextlib.suppress(iostream.StreamClosedError):
+                await _start_stream(handler)
+                handler.write(b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n")
             handler.finish()
             return
     hub.add(watcher)
 
     try:
         await _start_stream(handler)
-        for i in range(0, len(initial), BATCH):
-            handler.write(b"".join(initial[i : i + BATCH]))
-            await handler.flush()
+        await _write_initial(handler, initial, watcher)
+        if watcher.ended:
+            return  # shut down (or gone) before the initial events were all sent
         if initial_end is not None:
             handler.write(bookmark_frame(resource, initial_end, initial_end=True))
             await handler.flush()
@@ -91,17 +99,36 @@ async def serve_watch(
     except iostream.StreamClosedError:
         pass  # the client went away: a normal end
     finally:
-        hub.remove(watcher)
-        if not handler._finished:
-            handler.finish()
+        try:
+            if not handler._finished:
+                handler.finish()  # the terminating chunk: a clean end the client can tell
+        finally:
+            hub.remove(watcher)
 
 
 async def _start_stream(handler: ResourceHandler) -> None:
-    accept = handler.request.headers.get("Accept", "")
-    stream_type = "application/json;stream=watch" if "stream=watch" in accept else None
-    handler.set_header("Content-Type", stream_type or "application/json")
+    """Sends the head at once: a client waits for it before it counts the watch as open.
+    Even when asked for ``application/json;stream=watch``, kube-apiserver answers a JSON
+    watch as plain ``application/json`` (it adds ``;stream=watch`` only to protobuf)."""
+    handler.set_header("Content-Type", "application/json")
     handler.set_header("Cache-Control", "no-cache, private")
     await handler.flush()
+
+
+async def _write_initial(handler: ResourceHandler, frames: list[bytes], watcher: Watcher) -> None:
+    """Writes about WRITE_BUDGET bytes per flush, so that a stream that is ended mid-way (on
+    shutdown) has little in flight, and stops as soon as the watch is ended."""
+    batch: list[bytes] = []
+    size = 0
+    for i, frame in enumerate(frames):
+        batch.append(frame)
+        size += len(frame)
+        if size >= WRITE_BUDGET or i == len(frames) - 1:
+            handler.write(b"".join(batch))
+            await handler.flush()
+            if watcher.ended:
+                return
+            batch, size = [], 0
 
 
 async def _stream(
@@ -118,12 +145,12 @@ async def _stream(
     while True:
         wait_until = min(deadline, next_bookmark) if opts.allow_watch_bookmarks else deadline
         await watcher.wait(max(0.0, wait_until - now()))
-        frames = watcher.drain()
+        frames = watcher.drain(WRITE_BUDGET)
         if frames:
             handler.write(b"".join(frames))
             last_rv = watcher.rv
             await handler.flush()
-        if watcher.ended:
+        if watcher.ended and not watcher.frames:  # ended on shutdown: what was queued is sent
             return
         t = now()
         if (

@@ -48,18 +48,17 @@ async def ray_events(request: Request, call_next: Next) -> Response:
 
 
 def _service_name(text: str) -> str:
-    """The Service of a proxy path's ``[scheme:]name[:port]`` part; 400 when malformed."""
+    """The Service of a proxy path's ``[scheme:]name[:port]`` part, split as the API server
+    splits it (``SplitSchemeNamePort``): two parts are always ``name:port``, three are
+    ``scheme:name:port`` with scheme http, https or empty. Anything else is a 400."""
     parts = text.split(":")
-    if len(parts) == 1:
-        name = parts[0]
-    elif len(parts) == 2:
-        # "name:port", or "scheme:name" where the scheme is http or https
-        name = parts[1] if parts[0] in ("http", "https") else parts[0]
-    elif len(parts) == 3 and parts[0] in ("http", "https", ""):
-        name = parts[1]
+    if len(parts) in (1, 2):
+        scheme, name = "", parts[0]
+    elif len(parts) == 3:
+        scheme, name = parts[0], parts[1]
     else:
-        name = ""
-    if not name:
+        scheme, name = "", ""
+    if not name or scheme not in ("", "http", "https"):
         raise StatusError(400, f'invalid service request "{text}"')
     return name
 
@@ -97,7 +96,9 @@ def merge_defaults(obj: Any, defaults: Any) -> Any:
     if isinstance(obj, dict) and isinstance(defaults, dict):
         out = dict(obj)
         for key, value in defaults.items():
-            out[key] = merge_defaults(obj[key], value) if key in obj else copy.deepcopy(value)
+            given = obj.get(key)
+            # A null is unset too: "image: null" in a YAML body is a request for the default.
+            out[key] = copy.deepcopy(value) if given is None else merge_defaults(given, value)
         return out
     return obj
 
@@ -145,9 +146,11 @@ class Defaults:
 def _default_images(obj: Any, image: str) -> None:
     """Sets ``image`` on every container of every pod template that has none."""
     if isinstance(obj, dict):
-        for container in obj.get("containers") or [] if "containers" in obj else []:
-            if isinstance(container, dict) and not container.get("image"):
-                container["image"] = image
+        containers = obj.get("containers")
+        if isinstance(containers, list):
+            for container in containers:
+                if isinstance(container, dict) and not container.get("image"):
+                    container["image"] = image
         for value in obj.values():
             _default_images(value, image)
     elif isinstance(obj, list):

@@ -14,11 +14,13 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from tornado import httputil
 
 from watchcache.config import ResourceSpec
 from watchcache.middleware.core import Next, Request, Response
 from watchcache.status import StatusError, method_not_allowed
 from watchcache.store import Store
+from watchcache.upstream import Response as UpstreamResponse
 from watchcache.upstream import Upstream
 
 LABEL = "ray.io/config-type"
@@ -190,18 +192,17 @@ class ComputeTemplates:
                 entry = self.store.get(ns, name)
                 if entry is None:
                     raise _missing(ns, name)
-                return Response.json(template_from_configmap(orjson.loads(entry.raw)["data"]))
+                data = orjson.loads(entry.raw).get("data") or {}
+                return Response.json(template_from_configmap(data))
             if request.method == "DELETE":
                 return await self._delete(ns, name)
             raise method_not_allowed()
         raise StatusError(404, "the server could not find the requested resource")
 
     def _list(self, namespace: str | None) -> Response:
-        keys = self.store.keys_in(namespace)
         items = [
             template_from_configmap(orjson.loads(e.raw).get("data") or {})
-            for e in (self.store.get(*k) for k in keys)
-            if e is not None
+            for e in self.store.entries_in(namespace)
         ]
         return Response.json({"compute_templates": items})
 
@@ -217,7 +218,7 @@ class ComputeTemplates:
             body=orjson.dumps(cm),
         )
         if resp.code != 201:
-            return Response(status=resp.code, headers=resp.headers, body=resp.body)
+            return _relayed(resp)
         rv = int(orjson.loads(resp.body)["metadata"]["resourceVersion"])
         await self.store.wait_for(rv, 5.0)  # read-your-writes for the next GET
         return Response.json(template_from_configmap(cm["data"]))
@@ -231,12 +232,20 @@ class ComputeTemplates:
             headers={"Accept": "application/json"},
         )
         if resp.code not in (200, 202):
-            return Response(status=resp.code, headers=resp.headers, body=resp.body)
+            return _relayed(resp)
         for _ in range(50):
             if self.store.get(namespace, name) is None:
                 break
             await self.store.wait_for(self.store.rv + 1, 0.1)
         return Response.json({})
+
+
+def _relayed(resp: UpstreamResponse) -> Response:
+    """The API server's refusal, as it gave it: its code, body and content type (not its
+    framing headers, which describe a message this server does not send)."""
+    headers = httputil.HTTPHeaders()
+    headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+    return Response(status=resp.code, headers=headers, body=resp.body)
 
 
 def _missing(namespace: str, name: str) -> StatusError:

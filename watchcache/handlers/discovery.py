@@ -1,0 +1,146 @@
+"""``/version``, discovery and OpenAPI, answered from ``watchcache.discovery``'s documents;
+and the one core path kubectl needs besides (a namespace's GET).
+
+The documents are the API server's, filtered to what watchcache serves and kept for a TTL
+(see ``watchcache.discovery``); this handler adds HTTP around them: the ETag and 304, gzip,
+OpenAPI v3's ``?hash=`` URLs (immutable when the hash is current, a 301 to the current one
+otherwise, as the API server does), and 406 for an OpenAPI format watchcache does not render
+(protobuf), on which clients fall back to JSON.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Literal
+
+from watchcache.discovery import Document
+from watchcache.handlers.base import BaseHandler
+from watchcache.handlers.proxy import PassThroughHandler
+from watchcache.negotiation import accepts_json
+from watchcache.status import StatusError, method_not_allowed, not_found_path
+
+if TYPE_CHECKING:
+    from watchcache.app import Runtime
+    from watchcache.config import ResourceSpec
+
+GZIP_THRESHOLD = 128 * 1024
+Kind = Literal["version", "discovery", "openapi/v2", "openapi/v3", "openapi/v3/gv"]
+
+
+def not_acceptable() -> StatusError:
+    return StatusError(406, "only the following media types are accepted: application/json")
+
+
+class DiscoveryHandler(BaseHandler):
+    """One kind of discovery document; see ``discovery_routes`` for the paths."""
+
+    def initialize(self, runtime: Runtime, kind: Kind) -> None:  # type: ignore[override]
+        super().initialize(runtime)
+        self.kind = kind
+
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        if self.request.method not in ("GET", "HEAD"):
+            raise method_not_allowed()
+        docs = self.runtime.discovery
+        accept = self.request.headers.get("Accept", "")
+        if self.kind == "version":
+            doc = await docs.version()
+        elif self.kind == "discovery":
+            doc = await docs.discovery(self.request.path.rstrip("/") or "/", accept)
+        elif not accepts_json(accept):
+            raise not_acceptable()
+        elif self.kind == "openapi/v2":
+            doc = await docs.openapi_v2()
+        elif self.kind == "openapi/v3":
+            doc = await docs.openapi_v3_index()
+        else:
+            found = await docs.openapi_v3(kwargs.get("gv") or "")
+            if found is None:
+                raise not_found_path()
+            doc = self._hashed(found, kwargs.get("gv") or "")
+        self._send(doc)
+
+    def compute_etag(self) -> str | None:
+        return None  # a document has the ETag the API server gives it, or none
+
+    def _hashed(self, doc: Document, gv_path: str) -> Document:
+        """A ``?hash=`` request: immutable if the hash is the current one, else a redirect."""
+        wanted = self.get_query_argument("hash", None)
+        if not wanted or doc.code != 200 or not doc.etag:
+            return doc
+        current = doc.etag.strip('"')
+        if wanted != current:
+            location = f"/openapi/v3/{gv_path}?hash={current}"
+            return Document(301, b"", {"Location": location, "Content-Type": "text/plain"})
+        headers = {
+            **doc.headers,
+            "Vary": "Accept",
+            "Cache-Control": "public, immutable",
+            "Expires": formatdate(time.time() + 365 * 86400, usegmt=True),
+        }
+        return Document(200, doc.body, headers, doc.gzipped)
+
+    def _send(self, doc: Document) -> None:
+        self.set_status(doc.code)
+        for name, value in doc.headers.items():
+            self.set_header(name, value)
+        etag = doc.etag
+        if etag and doc.code == 200 and self._matches(etag):
+            self.set_status(304)
+            self.clear_header("Content-Type")
+            self.finish()
+            return
+        body = doc.body
+        if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
+            if doc.gzipped is None:
+                doc.gzipped = gzip.compress(body, compresslevel=1)
+            body = doc.gzipped
+            self.set_header("Content-Encoding", "gzip")
+            self.add_header("Vary", "Accept-Encoding")
+        self.finish(body)
+
+    def _matches(self, etag: str) -> bool:
+        tags = self.request.headers.get("If-None-Match")
+        return bool(tags) and (
+            tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))  # type: ignore[union-attr]
+        )
+
+
+class NamespaceHandler(PassThroughHandler):
+    """``GET /api/v1/namespaces/<name>``, passed through. Namespaces are not served, but
+    kubectl asks for the namespace after a 404 in it, to tell "no such object" from "no such
+    namespace"; without this its message would be wrong. Only GET: nothing else of the core
+    group is served."""
+
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        if self.request.method != "GET":
+            raise not_found_path()
+        await self.forward()
+
+
+def discovery_routes(runtime: Runtime, specs: list[ResourceSpec]) -> list[tuple[str, type, dict]]:
+    """The discovery paths: /version, /api, /apis, each served group and group version, and
+    OpenAPI. Paths of groups watchcache does not serve stay 404."""
+
+    def args(kind: Kind) -> dict[str, object]:
+        return {"runtime": runtime, "kind": kind}
+
+    table: list[tuple[str, type, dict]] = [
+        (r"/version/?", DiscoveryHandler, args("version")),
+        (r"/api/?", DiscoveryHandler, args("discovery")),
+        (r"/apis/?", DiscoveryHandler, args("discovery")),
+        (r"/openapi/v2/?", DiscoveryHandler, args("openapi/v2")),
+        (r"/openapi/v3/?", DiscoveryHandler, args("openapi/v3")),
+        (r"/openapi/v3/(?P<gv>.+)", DiscoveryHandler, args("openapi/v3/gv")),
+        (r"/api/v1/namespaces/[^/]+", NamespaceHandler, {"runtime": runtime}),
+    ]
+    groups = {s.group for s in specs if s.group and s.served}
+    gvs = {s.api_prefix for s in specs if s.served}
+    for group in sorted(groups):
+        table.append((rf"/apis/{re.escape(group)}/?", DiscoveryHandler, args("discovery")))
+    for prefix in sorted(gvs):
+        table.append((rf"{re.escape(prefix)}/?", DiscoveryHandler, args("discovery")))
+    return table

@@ -1,0 +1,109 @@
+"""Content negotiation: which representation an Accept header gets, as the API server decides.
+
+The API server walks the Accept clauses best first (goautoneg's order) and takes the first it
+can produce, with its ``as``/``g``/``v`` parameters (a Table, PartialObjectMetadata) or
+without (the object). watchcache produces plain JSON and JSON Tables itself; for anything
+else the API server answers, so that the answer is exactly its own (YAML, protobuf, a 406).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+TABLE_VERSIONS = ("v1", "v1beta1")  # of meta.k8s.io
+
+Representation = Literal["json", "forward"] | tuple[Literal["table"], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    type: str
+    subtype: str
+    params: Mapping[str, str]
+    q: float
+
+
+def parse_accept(header: str) -> list[Clause]:
+    """Accept clauses, best first, as the API server's goautoneg orders them."""
+    out: list[Clause] = []
+    for part in header.split(","):
+        media, *raw_params = part.strip(" ").split(";")
+        kind, _, sub = media.strip(" ").partition("/")
+        if not sub:
+            if kind != "*":
+                continue
+            sub = "*"
+        elif "/" in sub:
+            continue
+        params: dict[str, str] = {}
+        q = 1.0
+        for raw in raw_params:
+            key, sep, value = raw.partition("=")
+            if not sep or "=" in value:
+                continue
+            key = key.strip(" ")
+            if key == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+            else:
+                params[key] = value.strip(" ")
+        out.append(Clause(kind.strip(" "), sub.strip(" "), params, q))
+    out.sort(key=lambda c: (-c.q, c.type == "*", c.subtype == "*"))
+    return out
+
+
+# The media types the API server offers for custom resources, in its order.
+_SUBTYPES = ("json", "yaml", "vnd.kubernetes.protobuf")
+
+
+@lru_cache(maxsize=256)
+def negotiate(accept: str | None) -> Representation:
+    """What a read with this Accept header should get: the plain JSON the cache holds, a
+    Table it renders, or (YAML, protobuf, PartialObjectMetadata, nothing acceptable) the API
+    server's own answer."""
+    if not accept:
+        return "json"
+    for clause in parse_accept(accept):
+        if clause.type not in ("application", "*"):
+            continue
+        for sub in _SUBTYPES:
+            if clause.subtype not in (sub, "*"):
+                continue
+            choice = _choose(clause.params, sub)
+            if choice is not None:
+                return choice
+    return "forward"
+
+
+def _choose(params: Mapping[str, str], sub: str) -> Representation | None:
+    if params.get("sv") or params.get("stream", "watch") != "watch":
+        return "forward"
+    convert = {k: params[k] for k in ("as", "g", "v") if k in params}
+    if not convert:
+        return "json" if sub == "json" else "forward"
+    if convert.get("g") != "meta.k8s.io" or convert.get("v") not in TABLE_VERSIONS:
+        return None
+    kind = convert.get("as")
+    if kind == "Table":
+        if sub == "json":
+            return ("table", convert["v"])
+        return "forward" if sub == "yaml" else None
+    if kind in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+        return "forward"
+    return None
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header takes JSON (OpenAPI: watchcache renders no protobuf; asked
+    for protobuf alone, it answers 406, on which clients fall back to JSON)."""
+    if not accept:
+        return True
+    for clause in parse_accept(accept):
+        if clause.q > 0 and clause.type in ("application", "*") and clause.subtype in ("json", "*"):
+            return True
+    return False
