@@ -108,6 +108,8 @@ class Runtime:
     async def stop(self) -> None:
         for resource in self.cached.values():
             resource.hub.close_all()
+        # Let every stream write its terminating chunk before connections are closed.
+        await asyncio.gather(*(r.hub.wait_closed(5.0) for r in self.cached.values()))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -216,7 +218,6 @@ class Server:
         if self.runtime is not None:
             await self.runtime.stop()  # ends every watch stream cleanly first
         if self._http is not None:
-            await asyncio.sleep(0.05)
             await self._http.close_all_connections()
         if self.runtime is not None:
             self.runtime.upstream.close()
