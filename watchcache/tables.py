@@ -22,7 +22,6 @@ from typing import Any
 import orjson
 
 from watchcache.jsonpath import Unsupported, compile_jsonpath
-from watchcache.negotiation import TABLE_VERSIONS  # noqa: F401  (re-exported)
 from watchcache.status import StatusError
 
 # The descriptions kube-apiserver gives its own columns (ObjectMeta's swagger docs).

@@ -7,7 +7,8 @@ these pin the rules on small hand-written documents.
 from __future__ import annotations
 
 from watchcache.config import RAY_RESOURCES, ResourceSpec
-from watchcache.discovery import Served, accepts_json, filter_discovery, filter_openapi
+from watchcache.discovery import Served, filter_discovery, filter_openapi
+from watchcache.negotiation import accepts_json
 
 SERVED = Served.of(
     [

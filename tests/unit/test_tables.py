@@ -11,15 +11,14 @@ import json
 import orjson
 import pytest
 
+from watchcache.jsonpath import Unsupported, compile_jsonpath
+from watchcache.negotiation import negotiate
 from watchcache.status import StatusError
 from watchcache.tables import (
     TableSpec,
-    Unsupported,
-    compile_jsonpath,
     go_float,
     human_duration,
     include_object,
-    negotiate,
     partial_metadata,
     render,
 )
