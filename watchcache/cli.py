@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from watchcache.config import Settings
+from watchcache.retry import RetryPolicy
 
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
 
@@ -39,6 +40,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--no-kuberay-features",
         action="store_true",
         help="turn off compute templates, Ray events and the dashboard service proxy",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="retries of a transient upstream failure (408, 429, 5xx, no answer); 0 disables",
+    )
+    parser.add_argument(
+        "--upstream-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long the API server may take to start answering a request",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
@@ -76,6 +90,8 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "cors_allow_origin": args.cors_allow_origin,
         "defaults_file": args.defaults,
         "kuberay_features": not args.no_kuberay_features,
+        "retry": RetryPolicy(max_retries=max(args.retries, 0)),
+        "upstream_timeout": args.upstream_timeout,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
     }

@@ -33,6 +33,8 @@ Key = str
 
 def key_of(namespace: str, name: str) -> Key:
     return f"{namespace}/{name}" if namespace else name
+
+
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 
 
@@ -225,6 +227,13 @@ class Store:
 
     def entries(self) -> Iterator[Entry]:
         return (self._items[k] for k in self._keys)
+
+    def feed_rv(self, namespace: str) -> int | None:
+        """The version up to which the feed holding ``namespace`` has delivered its changes;
+        None when no feed holds it (the namespace is not cached)."""
+        if None in self._feed_rv:
+            return self._feed_rv[None]
+        return self._feed_rv.get(namespace)
 
     # ---- waiting for a version -------------------------------------------------------------
     async def wait_for(self, rv: int, timeout: float) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -52,7 +52,11 @@ def _clean_faults(faults: FaultProxy) -> Iterator[None]:
 
 
 def _behind(
-    faults: FaultProxy, controlplane: ControlPlane, proxy_factory: Any, tmp: Path, *flags: str
+    faults: FaultProxy,
+    controlplane: ControlPlane,
+    proxy_factory: Callable[..., Proxy],
+    tmp: Path,
+    *flags: str,
 ) -> Iterator[Proxy]:
     """A watchcache whose kubeconfig points at the fault proxy, stopped before it is."""
     kubeconfig = controlplane.write_kubeconfig(
@@ -68,7 +72,7 @@ def _behind(
 def cached_behind(
     faults: FaultProxy,
     controlplane: ControlPlane,
-    proxy_factory: Any,
+    proxy_factory: Callable[..., Proxy],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     yield from _behind(faults, controlplane, proxy_factory, tmp_path_factory.mktemp("cached"))
@@ -78,7 +82,7 @@ def cached_behind(
 def passthrough_behind(
     faults: FaultProxy,
     controlplane: ControlPlane,
-    proxy_factory: Any,
+    proxy_factory: Callable[..., Proxy],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("passthrough")
@@ -86,8 +90,7 @@ def passthrough_behind(
 
 
 def cluster(cp: ControlPlane, name: str, **labels: str) -> dict[str, Any]:
-    obj = population.raycluster(name, NS, labels, cp.samples_dir, variant=1, state=None)
-    return obj
+    return population.raycluster(name, NS, labels, cp.samples_dir, variant=1, state=None)
 
 
 def seed(cp: ControlPlane, name: str, **labels: str) -> dict[str, Any]:

@@ -159,6 +159,20 @@ class PassThroughHandler(BaseHandler):
     async def wait_for_cache(self, code: int, body: bytes) -> None:
         """Returns once the cache has seen the write answered by ``body``."""
 
+    _exchange: asyncio.Future[None] | None = None
+    _client_gone = False
+
+    def _no_answer(self, relay: _Relay) -> None:
+        if not relay.started and relay.held is None and self._exchange is not None:
+            self._exchange.cancel()
+
+    def on_connection_close(self) -> None:
+        # A forwarded watch whose client left must not wait for its next event to notice.
+        self._client_gone = True
+        if self._exchange is not None and not self._exchange.done():
+            self._exchange.cancel()
+        super().on_connection_close()
+
     async def forward(self) -> None:
         """Sends the request on, retrying transient failures, and relays the answer."""
         if self._finished:
@@ -183,14 +197,32 @@ class PassThroughHandler(BaseHandler):
                 return policy.delay(attempt, elapsed, code=code, retry_after=retry_after)
 
             relay = _Relay(self, decide, hold)
-            try:
-                await self.runtime.upstream.send(
+            self._exchange = asyncio.ensure_future(
+                self.runtime.upstream.send(
                     method,
                     self.request.uri or "/",
                     relay,
                     headers=forward_headers(self.request),
                     body=body,
                     replay=not once,
+                )
+            )
+            # An API server that accepts the request but never answers must not hold the
+            # client forever: no status line within upstream_timeout counts as no answer.
+            timer = asyncio.get_running_loop().call_later(
+                self.runtime.settings.upstream_timeout, self._no_answer, relay
+            )
+            try:
+                await self._exchange
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # this handler itself is being stopped
+                if self._client_gone:
+                    return  # the client went away: the upstream request was abandoned
+                timeout = self.runtime.settings.upstream_timeout
+                relay.retry_wait = decide_after_failure(
+                    relay, UpstreamError(f"no answer within {timeout:g}s"), decide(None, None)
                 )
             except UpstreamError as exc:
                 if relay.started:
@@ -203,6 +235,8 @@ class PassThroughHandler(BaseHandler):
                     relay.retry_wait = decide_after_failure(relay, exc, decide(None, None))
             except iostream.StreamClosedError:
                 return  # the client went away; nothing to answer
+            finally:
+                timer.cancel()
             if relay.retry_wait is None:
                 break
             log.info(

@@ -10,6 +10,7 @@ which then answers exactly as it would have.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import gzip
 import hashlib
@@ -133,27 +134,41 @@ class ResourceHandler(PassThroughHandler):
         return True
 
     async def wait_for_cache(self, code: int, body: bytes) -> None:
-        """Holds a write's answer until the cache shows it, bounded by ``write_wait``."""
+        """Holds a write's answer until the cache shows it, bounded by ``write_wait``.
+
+        Judged per written object against the feed of its namespace, never against the
+        store's version: with a feed per namespace that is the slowest feed's, which a quiet
+        namespace holds back until its next bookmark.
+        """
         if "dryRun" in self.request.query_arguments:
             return
-        res = self.resource
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             return
-        meta = obj.get("metadata") or {} if isinstance(obj, dict) else {}
-        store = res.store
-        seen: Callable[[], bool]
-        if obj.get("kind") == res.spec.kind and meta.get("resourceVersion"):
-            rv = int(meta["resourceVersion"])
-            seen = lambda: store.rv >= rv  # noqa: E731
-        elif self.request.method == "DELETE" and self.path_kwargs.get("name"):
-            key = (self.path_kwargs.get("namespace") or "", self.path_kwargs["name"])
-            seen = lambda: store.get(*key) is None  # noqa: E731
+        if not isinstance(obj, dict):
+            return
+        res, store = self.resource, self.resource.store
+        deleting = self.request.method == "DELETE"
+        if obj.get("kind") == res.spec.list_kind:  # a delete-collection's deleted objects
+            targets = [_target(item, deleting) for item in obj.get("items") or []]
+        elif obj.get("kind") == res.spec.kind:
+            targets = [_target(obj, deleting)]
+        elif deleting and self.path_kwargs.get("name"):  # a Status: deleted outright
+            targets = [(self.path_kwargs.get("namespace") or "", self.path_kwargs["name"], None)]
         else:
             return
+        # Writes to namespaces no feed holds have nothing to wait for.
+        targets = [t for t in targets if store.feed_rv(t[0]) is not None]
+
+        def shown(target: tuple[str, str, int | None]) -> bool:
+            ns, name, rv = target
+            if rv is None:  # deleted outright: seen once gone
+                return store.get(ns, name) is None
+            return (store.feed_rv(ns) or 0) >= rv
+
         deadline = time.monotonic() + res.write_wait
-        while not seen():
+        while not all(shown(t) for t in targets):
             left = deadline - time.monotonic()
             if left <= 0:
                 res.write_wait_timeouts += 1
@@ -164,7 +179,20 @@ class ResourceHandler(PassThroughHandler):
                     res.write_wait,
                 )
                 return
-            await store.wait_for(store.rv + 1, left)
+            # Any change may be the one awaited; a waiter re-checks on each (a few at most).
+            changed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def wake(_event: object, changed: asyncio.Future[None] = changed) -> None:
+                if not changed.done():
+                    changed.set_result(None)
+
+            unsubscribe = store.subscribe(wake)
+            try:
+                await asyncio.wait_for(changed, left)
+            except TimeoutError:
+                pass
+            finally:
+                unsubscribe()
 
     async def read(
         self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
@@ -377,6 +405,16 @@ class ResourceHandler(PassThroughHandler):
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
+
+
+def _target(obj: dict, deleting: bool) -> tuple[str, str, int | None]:
+    """(namespace, name, version the cache must reach) of a written object; version None
+    when the object must be gone: deleted outright, the answer carries its last state."""
+    meta = obj.get("metadata") or {}
+    rv: int | None = int(meta.get("resourceVersion") or 0)
+    if deleting and not meta.get("deletionTimestamp"):
+        rv = None
+    return meta.get("namespace") or "", meta.get("name") or "", rv
 
 
 def list_path_args(spec: ResourceSpec) -> list[tuple[str, dict[str, object]]]:
