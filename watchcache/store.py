@@ -19,6 +19,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, Literal
 
 import orjson
@@ -67,8 +68,10 @@ class Entry:
             namespace=meta.get("namespace", ""),
             name=meta["name"],
             rv=int(meta["resourceVersion"]),
-            raw=orjson.dumps(obj),
-            labels=meta.get("labels") or {},
+            # orjson leaves its output buffer over-allocated (often 2x): keep an exact copy.
+            raw=memoryview(orjson.dumps(obj)).tobytes(),
+            # Label keys and values repeat across objects: one copy of each string.
+            labels={intern(k): intern(v) for k, v in (meta.get("labels") or {}).items()},
         )
 
 
@@ -287,7 +290,7 @@ class Store:
         self._advance(feed, rv)
 
     def replace(
-        self, objects: Iterable[Mapping[str, Any]], rv: int, *, feed: str | None = None
+        self, objects: Iterable[Entry | Mapping[str, Any]], rv: int, *, feed: str | None = None
     ) -> int:
         """A (re-)list's result: the difference becomes ordinary events, oldest first.
 
@@ -295,7 +298,9 @@ class Store:
         version known to postdate their deletion. Returns the number of events.
         """
         self.initial_list = feed in self._unsynced
-        fresh = {e.key: e for e in map(Entry.from_object, objects)}
+        fresh = {
+            e.key: e for e in (o if isinstance(o, Entry) else Entry.from_object(o) for o in objects)
+        }
         in_scope = [k for k in self._items if feed is None or k.startswith(feed + "/")]
         events: list[Event] = []
         for key, entry in fresh.items():
