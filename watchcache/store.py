@@ -129,6 +129,7 @@ class Store:
         self._items: dict[Key, Entry] = {}
         self._keys: list[Key] = []  # sorted; Kubernetes list order
         self._index: dict[str, dict[str, set[Key]]] = {}
+        self._by_name: dict[str, set[Key]] = {}  # metadata.name across namespaces
         self._feed_rv: dict[str | None, int] = dict.fromkeys(feeds, 0)
         self._unsynced: set[str | None] = set(self._feed_rv)
         # True while a feed's first list is applied: its events are initial state, not history.
@@ -189,6 +190,9 @@ class Store:
             entry = items.get(key_of(namespace, name))
             return [entry] if entry is not None and matches(entry, labels, fields) else []
         candidates = self._index_candidates(labels)
+        if name is not None:
+            named = self._by_name.get(name, set())
+            candidates = named if candidates is None else candidates & named
         if candidates is not None:
             prefix = f"{namespace}/" if namespace is not None else ""
             keys: Iterable[Key] = sorted(k for k in candidates if k.startswith(prefix))
@@ -341,6 +345,7 @@ class Store:
         key = entry.key
         if prev is None:
             bisect.insort(self._keys, key)
+            self._by_name.setdefault(entry.name, set()).add(key)
         else:
             self._unindex(prev)
         self._items[key] = entry
@@ -352,6 +357,10 @@ class Store:
         del self._items[key]
         i = bisect.bisect_left(self._keys, key)
         del self._keys[i]
+        named = self._by_name[prev.name]
+        named.discard(key)
+        if not named:
+            del self._by_name[prev.name]
         self._unindex(prev)
 
     def _unindex(self, entry: Entry) -> None:

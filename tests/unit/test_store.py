@@ -111,3 +111,11 @@ def test_order_is_the_storage_key_order_not_the_namespace_name_pair() -> None:
     s.replace([obj("a", "x", 3), obj("a-1", "x", 4), obj("a", "y", 5)], 10)
     assert names(select(s)) == [("a-1", "x"), ("a", "x"), ("a", "y")]
     assert names(select(s, "a")) == [("a", "x"), ("a", "y")]
+
+
+def test_name_selector_across_namespaces_uses_the_name_index(store: Store) -> None:
+    store.apply("ADDED", obj("c", "x", 11, app="b"))
+    assert names(select(store, fields="metadata.name=x")) == [("b", "x"), ("c", "x")]
+    assert names(select(store, labels="app=b", fields="metadata.name=x")) == [("c", "x")]
+    store.apply("DELETED", obj("b", "x", 12))
+    assert names(select(store, fields="metadata.name=x")) == [("c", "x")]
