@@ -44,6 +44,8 @@ from watchcache.watch import Hub
 
 log = logging.getLogger("watchcache")
 
+RENDER_CACHE_BYTES = 256 * 1024 * 1024
+
 
 class Runtime:
     """The collaborators handlers share, created once per server (no module-level singletons)."""
@@ -79,7 +81,8 @@ class Runtime:
             store=store,
             hub=Hub(store),
             codec=self._codec,
-            renders=LRUCache(maxsize=256),
+            # Rendered list bodies, bounded by their bytes (gzipped forms ride along).
+            renders=LRUCache(maxsize=RENDER_CACHE_BYTES, getsizeof=lambda r: len(r.body)),
         )
         self.cached[spec] = resource
         for ns in feeds:

@@ -380,8 +380,8 @@ class ResourceHandler(PassThroughHandler):
                 )
             )
             cached = Rendered(store.generation, rv, etag, body)
-            if token is None:
-                res.renders[key] = cached
+            if token is None and len(body) <= res.renders.maxsize // 4:
+                res.renders[key] = cached  # bounded in bytes: a huge body is not kept
         self._send_json(cached.body, cached)
 
     # ---- responses -------------------------------------------------------------------------
