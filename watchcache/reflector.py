@@ -53,7 +53,7 @@ class Backoff:
     """Jittered exponential backoff, reset after a success."""
 
     initial: float = 0.2
-    maximum: float = 30.0
+    maximum: float = 10.0
     factor: float = 2.0
     jitter: float = 0.5
     rand: Callable[[], float] = random.random
@@ -123,6 +123,12 @@ class Reflector:
                 delay = self.backoff.delay()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
                 await self.sleep(delay)
+            except Exception:
+                # A bug must not silently stop the cache: say so loudly, and go on.
+                delay = self.backoff.delay()
+                log.exception("%s: unexpected error; listing again in %.1fs", self.name, delay)
+                need_list = True
+                await self.sleep(delay)
 
     async def _list(self) -> None:
         items: list[Any] = []
@@ -142,8 +148,8 @@ class Reflector:
             # Each page becomes entries at once: holding every page's decoded dicts until
             # the end would make the first list's peak (and so the RSS) many times the cache.
             items.extend(Entry.from_object(obj) for obj in page.get("items") or [])
-            del page
             meta = page.get("metadata") or {}
+            del page
             token = meta.get("continue") or ""
             if not token:
                 rv = int(meta["resourceVersion"])

@@ -118,12 +118,19 @@ class Watcher:
         # Called when the watcher is ended for falling behind: a stalled client may never
         # complete the write it is blocked in, so its connection must be closed, not waited on.
         self.on_overflow: Callable[[], None] | None = None
+        # The fast path, set once the initial events are out: writes a frame straight to
+        # the client's socket buffer when nothing is queued or in flight, and says whether it
+        # did. Fan-out then costs one buffer write per watcher, not a coroutine wake-up each.
+        self.direct: Callable[[bytes], bool] | None = None
         self._wake = asyncio.Event()
 
     def push(self, frame: bytes, rv: int) -> bool:
         if self.ended:
             return False
         if rv <= self.skip_until:
+            return True
+        if not self.frames and self.direct is not None and self.direct(frame):
+            self.rv = rv
             return True
         if self.frames and (
             len(self.frames) >= self.capacity or self.queued_bytes + len(frame) > self.max_bytes

@@ -1,7 +1,11 @@
 """``?watch=true`` on a cached resource: a newline-delimited JSON event stream from the Hub.
 
-Written with ``write`` + ``await flush()``: the flush is the backpressure. While a client
-reads slowly its frames wait in its bounded queue; when that fills, the Hub ends the watch.
+Once the initial events are out, the body is written to the connection's stream directly
+(chunk-framed here; tornado writes the head and the terminating chunk). An event reaches an
+idle watcher's socket buffer inside the Hub's fan-out step, with no coroutine wake-up. A
+watcher whose stream is still busy gets its frames queued instead, and its coroutine writes
+them with ``await``: that wait is the backpressure. When the bounded queue fills, the Hub
+ends the watch.
 """
 
 from __future__ import annotations
@@ -95,7 +99,9 @@ async def serve_watch(
         if initial_end is not None:
             handler.write(bookmark_frame(resource, initial_end, initial_end=True))
             await handler.flush()
-        await _stream(handler, resource, watcher, opts)
+        writer = _BodyWriter(handler)
+        watcher.direct = writer.try_write
+        await _stream(writer, resource, watcher, opts)
     except iostream.StreamClosedError:
         pass  # the client went away: a normal end
     finally:
@@ -131,8 +137,41 @@ async def _write_initial(handler: ResourceHandler, frames: list[bytes], watcher:
             batch, size = [], 0
 
 
+class _BodyWriter:
+    """Writes body bytes to the connection's stream, chunk-framed as tornado would."""
+
+    def __init__(self, handler: ResourceHandler) -> None:
+        conn = handler.request.connection
+        self.stream: iostream.IOStream = conn.stream  # type: ignore[union-attr]
+        # HTTP/1.0 clients get the raw body, ended by closing the connection.
+        self.chunked: bool = getattr(conn, "_chunking_output", True)
+        self.busy = False
+
+    def _framed(self, data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+
+    def try_write(self, frame: bytes) -> bool:
+        """The fast path: only onto an idle stream, so nothing can overtake a queued frame."""
+        if self.busy or self.stream.closed() or self.stream.writing():
+            return False
+        self.stream.write(self._framed(frame)).add_done_callback(_ignore_closed)
+        return True
+
+    async def write(self, data: bytes) -> None:
+        self.busy = True
+        try:
+            await self.stream.write(self._framed(data))
+        finally:
+            self.busy = False
+
+
+def _ignore_closed(future: object) -> None:
+    """A fast-path write to a stream that closes later: the loop notices, nothing to report."""
+    future.exception()  # type: ignore[attr-defined]
+
+
 async def _stream(
-    handler: ResourceHandler, resource: CachedResource, watcher: Watcher, opts: ListOptions
+    writer: _BodyWriter, resource: CachedResource, watcher: Watcher, opts: ListOptions
 ) -> None:
     store = resource.store
     now = time.monotonic
@@ -141,15 +180,12 @@ async def _stream(
     deadline = now() + timeout
     interval = resource.bookmark_interval
     next_bookmark = now() + interval * (0.75 + random.random() / 2)
-    last_rv = watcher.rv
     while True:
         wait_until = min(deadline, next_bookmark) if opts.allow_watch_bookmarks else deadline
         await watcher.wait(max(0.0, wait_until - now()))
         frames = watcher.drain(WRITE_BUDGET)
         if frames:
-            handler.write(b"".join(frames))
-            last_rv = watcher.rv
-            await handler.flush()
+            await writer.write(b"".join(frames))
         if watcher.ended and not watcher.frames:  # ended on shutdown: what was queued is sent
             return
         t = now()
@@ -158,12 +194,11 @@ async def _stream(
             and not watcher.frames
             and (t >= next_bookmark or t >= deadline)
         ):
-            # Every event up to store.rv has been queued (the store notifies before it
-            # advances), and the queue is empty: this bookmark cannot overtake an event.
-            if store.rv > last_rv or t >= deadline:
-                last_rv = max(last_rv, store.rv)
-                handler.write(bookmark_frame(resource, last_rv))
-                await handler.flush()
+            # Every event up to store.rv has been written or queued (the store notifies
+            # before it advances), and the queue is empty: this bookmark cannot overtake one.
+            if store.rv > watcher.rv or t >= deadline:
+                watcher.rv = max(watcher.rv, store.rv)
+                await writer.write(bookmark_frame(resource, watcher.rv))
             next_bookmark = t + interval
         if t >= deadline:
             return
