@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("watchcache.http")
 
 
+# Answers larger than this leave with their head sent first (see BaseHandler._emit).
+SEPARATE_HEAD_ABOVE = 256 * 1024
+
 # The Kubernetes API server's own limit on a request body (3 MiB).
 MAX_BODY = 3 * 1024 * 1024
 
@@ -140,7 +143,16 @@ class BaseHandler(web.RequestHandler):
         self.clear()
         self.set_status(response.status, httputil.responses.get(response.status, "Unknown"))
         self._headers = response.headers
-        self.finish(response.body or None)  # 204 and 304 must carry no body at all
+        body = response.body
+        if len(body) > SEPARATE_HEAD_ABOVE and self.request.method != "HEAD":
+            # tornado joins the head and the first body chunk into one new bytes object: for a
+            # list of many megabytes that is a copy as big as the answer. Send the head alone.
+            self.set_header("Content-Length", str(len(body)))
+            self.flush()
+            self.write(body)
+            self.finish()
+            return
+        self.finish(body or None)  # 204 and 304 must carry no body at all
 
     def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Future[None]:
         if self._capturing and not self._headers_written:
