@@ -64,6 +64,7 @@ class Row:
     better: str
     values: dict[str, float]
     unit: str = ""
+    noisy: bool = False  # measured while processes outside the benchmark were busy
 
     def ratio(self, other: str) -> float:
         a, b = self.values.get("cached", math.nan), self.values.get(other, math.nan)
@@ -85,8 +86,10 @@ class Results:
         better: str,
         values: dict[str, float],
         unit: str = "",
+        *,
+        noisy: bool = False,
     ) -> Row:
-        row = Row(scenario, case, metric, better, values, unit)
+        row = Row(scenario, case, metric, better, values, unit, noisy)
         self.rows.append(row)
         return row
 

@@ -1,4 +1,7 @@
-"""The results: a markdown table, the raw numbers as JSON, and a PNG chart."""
+"""The results: a markdown table, the raw numbers as JSON, and a PNG chart.
+
+python -m benchmarks.report benchmarks/results/latest.json   # redraws the .md and .png
+"""
 
 from __future__ import annotations
 
@@ -95,10 +98,17 @@ def markdown(meta: dict[str, Any], results: Results) -> str:
     ]
     for r in results.rows:
         cells = [num(r.values.get(t), r.unit) for t in TARGETS]
+        case = r.case + (" †" if r.noisy else "")
         out.append(
-            f"| {r.scenario} | {r.case} | {r.metric} | {' | '.join(cells)} |"
+            f"| {r.scenario} | {case} | {r.metric} | {' | '.join(cells)} |"
             f" {ratio(r.ratio('direct'))} | {ratio(r.ratio('no-cache'))} |"
         )
+    if any(r.noisy for r in results.rows):
+        out += [
+            "",
+            "† measured while processes outside the benchmark kept more than half a core busy"
+            " for at least one of the three targets: compare these with care.",
+        ]
     ceiling = results.raw.get("ceiling")
     if ceiling:
         out += [
@@ -139,7 +149,7 @@ def _bars(ax: Any, rows: list[Row], title: str, xlabel: str, ceiling: dict[str, 
     ax.set_xscale("log")
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel, fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
 
 
 def chart(path: Path, meta: dict[str, Any], results: Results) -> None:
@@ -160,7 +170,7 @@ def chart(path: Path, meta: dict[str, Any], results: Results) -> None:
     ]
     ceiling = {case: c["ceiling_rps"] for case, c in results.raw.get("ceiling", {}).items()}
     n = max(len(rps), len(other), 1)
-    fig, axes = plt.subplots(2, 2, figsize=(15, 3 + 0.9 * n))
+    fig, axes = plt.subplots(2, 2, figsize=(18, 3 + 0.9 * n))
     panels = [
         (axes[0][0], rps, "Reads: throughput (higher is better)", "requests/s (log)", ceiling),
         (axes[0][1], p99, "Reads: p99 latency (lower is better)", "ms (log)", {}),
@@ -178,7 +188,7 @@ def chart(path: Path, meta: dict[str, Any], results: Results) -> None:
         fontsize=11,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -204,3 +214,23 @@ def write(folder: Path, meta: dict[str, Any], results: Results) -> dict[str, Pat
         paths.pop("png")
         print("matplotlib is not installed (pip install '.[bench]'): no chart", flush=True)
     return paths
+
+
+def load(path: Path) -> tuple[dict[str, Any], Results]:
+    """The meta and results of a JSON file written by ``write``."""
+    data = json.loads(path.read_text())
+    results = Results(
+        rows=[Row(**r) for r in data["rows"]],
+        raw=data["raw"],
+        goals=data["goals"],
+        notes=data["notes"],
+    )
+    return data["meta"], results
+
+
+if __name__ == "__main__":
+    import sys
+
+    source = Path(sys.argv[1])
+    meta, results = load(source)
+    print(", ".join(str(p) for p in write(source.parent, meta, results).values()))

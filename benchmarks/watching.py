@@ -149,3 +149,10 @@ def scenario_5(bench: Bench) -> None:
             grow = c["rss_growth_mb"]
             res.goal("5", f"{case}: memory growth < 100 MB", f"{grow:.1f} MB", grow < 100)
     res.raw["watch"] = raw
+    res.notes.append(
+        "Scenario 5: memory growth is the highest RSS during the run less the RSS just before"
+        " the watchers connected; a process first reuses memory it freed in earlier scenarios,"
+        " so a small growth is a lower bound. Delivery latency runs from the writer's answer to"
+        " each watcher's receipt (negative when the event arrives first). The writer patches"
+        " the API server directly, whichever target the watchers use."
+    )
