@@ -17,13 +17,16 @@ from typing import Any
 
 import pytest
 
-from watchcache.controlplane import ControlPlane, free_port
+from watchcache.controlplane import ControlPlane, User, free_port
+
+# A user with no permissions of its own; tests grant it what they need with RBAC.
+LIMITED = User("limited-user", "limited-user-token-0123456789abcdef")
 
 
 @pytest.fixture(scope="session")
 def controlplane() -> Iterator[ControlPlane]:
     """etcd + kube-apiserver with the KubeRay CRDs. Never skipped: a failure to start fails."""
-    cp = ControlPlane()
+    cp = ControlPlane(extra_users=[LIMITED])
     cp.start()
     pids = cp.pids()
     try:
@@ -72,10 +75,15 @@ class Proxy:
 
 
 def start_proxy(
-    cp: ControlPlane, tmp: Path, *args: str, command: Sequence[str] = ("-m", "watchcache", "serve")
+    cp: ControlPlane,
+    tmp: Path,
+    *args: str,
+    command: Sequence[str] = ("-m", "watchcache", "serve"),
+    ready: str = "/readyz",
 ) -> Proxy:
     """Starts ``python COMMAND --kubeconfig K --port P --log-level DEBUG ARGS`` (by default
-    `watchcache serve`; the examples' servers take the same flags) and waits until ready."""
+    `watchcache serve`; the examples' servers take the same flags) and waits until ``ready``
+    answers 200 (``/healthz`` for a server that is not expected to sync)."""
     port = free_port()
     log_path = tmp / f"watchcache-{port}.log"
     with open(log_path, "wb") as out:
@@ -101,7 +109,7 @@ def start_proxy(
         if proc.poll() is not None:
             raise RuntimeError(f"watchcache exited with {proc.returncode}:\n{proxy.log()}")
         try:
-            code, _, _ = proxy.request("GET", "/readyz", timeout=2)
+            code, _, _ = proxy.request("GET", ready, timeout=2)
             if code == 200:
                 return proxy
         except OSError:
