@@ -78,8 +78,10 @@ def not_found(group: str, resource: str, name: str) -> StatusError:
     )
 
 
-def method_not_allowed() -> StatusError:
-    return StatusError(405, "the server does not allow this method on the requested resource")
+def method_not_allowed(details: dict[str, Any] | None = None) -> StatusError:
+    return StatusError(
+        405, "the server does not allow this method on the requested resource", details=details
+    )
 
 
 def bad_request(message: str) -> StatusError:

@@ -11,7 +11,7 @@ from tornado import httputil, web
 
 from watchcache.config import ResourceSpec
 from watchcache.middleware.core import Request, Response
-from watchcache.status import StatusError, not_found_path
+from watchcache.status import StatusError, method_not_allowed, not_found_path
 
 if TYPE_CHECKING:
     from watchcache.app import Runtime
@@ -70,7 +70,7 @@ class BaseHandler(web.RequestHandler):
         self._chunks.append(chunk)
 
     async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
-        raise StatusError(405, "the server does not allow this method on the requested resource")
+        raise method_not_allowed()
 
     # ---- the middleware chain --------------------------------------------------------------
     async def _chained(self, *args: str | None, **kwargs: str | None) -> None:
@@ -192,9 +192,7 @@ class BaseHandler(web.RequestHandler):
         elif status_code == 404:
             err = not_found_path()
         elif status_code == 405:
-            err = StatusError(
-                405, "the server does not allow this method on the requested resource"
-            )
+            err = method_not_allowed()
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             err = StatusError(status_code, exc.log_message or self._reason)
         else:

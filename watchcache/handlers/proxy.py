@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from tornado import httputil, iostream, web
 
-from watchcache.handlers.base import MAX_BODY, BaseHandler, request_too_large  # noqa: F401
+from watchcache.handlers.base import BaseHandler
 from watchcache.retry import may_duplicate
 from watchcache.status import StatusError
 from watchcache.upstream import UpstreamError

@@ -12,7 +12,7 @@ from tornado import httputil
 
 from watchcache.config import ResourceSpec
 from watchcache.middleware.core import Next, Request, Response
-from watchcache.status import StatusError
+from watchcache.status import StatusError, method_not_allowed
 from watchcache.store import Store
 
 # Only events about Ray resources are ever cached: the limit is the cache's own upstream
@@ -36,14 +36,13 @@ SERVICE_PROXY = (
     r"/api/v1/namespaces/(?P<namespace>[^/]+)/services/(?P<service>[^/]+)/proxy(?P<rest>/.*)?"
 )
 _SERVICE_PROXY = re.compile(SERVICE_PROXY + "$")
-_NOT_ALLOWED = "the server does not allow this method on the requested resource"
 
 
 async def ray_events(request: Request, call_next: Next) -> Response:
     """The events endpoint is read-only: list, get and watch of Ray events."""
     spec = request.resource
     if spec is RAY_EVENTS and request.method not in ("GET", "HEAD"):
-        raise StatusError(405, _NOT_ALLOWED, details={"group": "events.k8s.io", "kind": "events"})
+        raise method_not_allowed({"group": "events.k8s.io", "kind": "events"})
     return await call_next(request)
 
 
