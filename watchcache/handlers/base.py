@@ -30,6 +30,13 @@ def request_too_large() -> StatusError:
     return StatusError(413, "Request entity too large: limit is 3145728")
 
 
+def decoded_query(request: httputil.HTTPServerRequest) -> dict[str, list[str]]:
+    """The query as text; bytes that are not UTF-8 become U+FFFD rather than a 500."""
+    return {
+        k: [v.decode("utf-8", "replace") for v in vs] for k, vs in request.query_arguments.items()
+    }
+
+
 @web.stream_request_body
 class BaseHandler(web.RequestHandler):
     """Runs every request through the middleware chain and renders every failure as a
@@ -44,6 +51,8 @@ class BaseHandler(web.RequestHandler):
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
     runtime: Runtime
     resource_spec: ResourceSpec | None = None
+    # The query the endpoint answers: the client's, as the middleware left it.
+    query: dict[str, list[str]]
 
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -80,17 +89,19 @@ class BaseHandler(web.RequestHandler):
         request = Request(
             method=req.method or "GET",
             path=req.path,
-            query={
-                k: [v.decode("utf-8", "replace") for v in vs]
-                for k, vs in req.query_arguments.items()
-            },
+            query=decoded_query(req),
             headers=req.headers,
             body=b"".join(self._chunks),
             path_params={k: v for k, v in kwargs.items() if v is not None},
             resource=self.resource_spec,
         )
         request.handler = self  # type: ignore[attr-defined]
-        self._original = (request.method, request.path, request.query)
+        # A copy: a middleware may change request.query in place.
+        self._original = (
+            request.method,
+            request.path,
+            {k: list(v) for k, v in request.query.items()},
+        )
         try:
             response = await self.runtime.chain(request)
         except BaseException:
@@ -127,12 +138,19 @@ class BaseHandler(web.RequestHandler):
         req.method = request.method
         req.headers = request.headers
         self.body = request.body
+        self.query = request.query
         if (request.method, request.path, request.query) != self._original:
-            req.path = request.path
-            query = urlencode([(k, v) for k, vs in request.query.items() for v in vs])
-            req.uri = request.path + ("?" + query if query else "")
-            req.query = query
-            req.query_arguments = {k: [v.encode() for v in vs] for k, vs in request.query.items()}
+            self.set_target(request.path, request.query)
+
+    def set_target(self, path: str, query: dict[str, list[str]]) -> None:
+        """Points the request (what ``forward`` sends upstream) at ``path`` with ``query``."""
+        req = self.request
+        encoded = urlencode([(k, v) for k, vs in query.items() for v in vs])
+        req.path = path
+        req.uri = path + ("?" + encoded if encoded else "")
+        req.query = encoded
+        req.query_arguments = {k: [v.encode() for v in vs] for k, vs in query.items()}
+        self.query = query
 
     def _emit(self, response: Response) -> None:
         if self._finished:

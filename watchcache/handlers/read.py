@@ -19,7 +19,6 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlencode
 
 import orjson
 from cachetools import LRUCache
@@ -116,7 +115,7 @@ class ResourceHandler(PassThroughHandler):
         selectors (the Ray-events limit must hold upstream too)."""
         spec = self.resource.spec
         if spec.label_selector or spec.field_selector:
-            query = {k: [v.decode() for v in vs] for k, vs in self.request.query_arguments.items()}
+            query = dict(self.query)
             for param, own in (
                 ("labelSelector", spec.label_selector),
                 ("fieldSelector", spec.field_selector),
@@ -124,9 +123,7 @@ class ResourceHandler(PassThroughHandler):
                 if own:
                     theirs = (query.get(param) or [""])[0]
                     query[param] = [f"{own},{theirs}" if theirs else own]
-            self.request.uri = (
-                self.request.path + "?" + urlencode([(k, v) for k, vs in query.items() for v in vs])
-            )
+            self.set_target(self.request.path, query)
         await self.forward()
 
     # ---- writes: read-your-writes ----------------------------------------------------------
@@ -140,7 +137,7 @@ class ResourceHandler(PassThroughHandler):
         store's version: with a feed per namespace that is the slowest feed's, which a quiet
         namespace holds back until its next bookmark.
         """
-        if "dryRun" in self.request.query_arguments:
+        if "dryRun" in self.query:
             return
         try:
             obj = orjson.loads(body)
@@ -197,10 +194,7 @@ class ResourceHandler(PassThroughHandler):
     async def read(
         self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
     ) -> None:
-        query = {
-            k: [v.decode("utf-8", "replace") for v in vs]
-            for k, vs in self.request.query_arguments.items()
-        }
+        query = self.query
         if name is None:
             opts = parse_list_options(
                 query, allowed_field=self._allowed_field, own_token=self.resource.codec.ours
