@@ -84,10 +84,6 @@ def method_not_allowed(details: dict[str, Any] | None = None) -> StatusError:
     )
 
 
-def bad_request(message: str) -> StatusError:
-    return StatusError(400, message)
-
-
 def too_many_requests(message: str, retry_after: int) -> StatusError:
     return StatusError(
         429,

@@ -308,12 +308,6 @@ class Upstream:
         await self.send(method, target, buf, headers=headers, body=body)
         return Response(buf.code, buf.headers, b"".join(buf.chunks))
 
-    async def get_json(self, target: str) -> object:
-        resp = await self.fetch("GET", target, headers={"Accept": "application/json"})
-        if resp.code != 200:
-            raise UpstreamError(f"GET {target}: HTTP {resp.code}: {resp.body[:300]!r}")
-        return resp.json()
-
 
 class LineSink:
     """A sink that splits a streamed body into lines (watch events), delivered to ``on_line``.
