@@ -44,7 +44,7 @@ from watchcache.pagination import ContinueCodec
 from watchcache.reflector import Reflector
 from watchcache.store import Store
 from watchcache.upstream import Credentials, Upstream, load_credentials
-from watchcache.watch import Hub
+from watchcache.watch import HistoryLimits, Hub
 
 log = logging.getLogger("watchcache")
 
@@ -83,7 +83,13 @@ class Runtime:
         resource = CachedResource(
             spec=spec,
             store=store,
-            hub=Hub(store),
+            hub=Hub(
+                store,
+                HistoryLimits(
+                    count=self.settings.watch_history_events,
+                    age=self.settings.watch_history_seconds,
+                ),
+            ),
             codec=self._codec,
             renders=self.renders,
             stall_timeout=self.settings.watch_stall_timeout,

@@ -68,6 +68,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a watch client that has not read what was sent to it for this long is cut off",
     )
+    parser.add_argument(
+        "--watch-history-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long recent events are kept for watches to resume from",
+    )
+    parser.add_argument(
+        "--watch-history-events",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="how many recent events per resource are kept for watches to resume from",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -108,6 +122,8 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "upstream_timeout": args.upstream_timeout,
         "render_cache_bytes": args.render_cache_bytes,
         "watch_stall_timeout": args.watch_stall_timeout,
+        "watch_history_seconds": args.watch_history_seconds,
+        "watch_history_events": args.watch_history_events,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
     }
