@@ -312,9 +312,10 @@ def _tolerations(value: Any) -> list[dict[str, str]]:
 _MEMORY_UNIT = re.compile(r"(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
 
 
-def _go_json(value: object) -> str:
-    """JSON as Go's encoding/json writes it: compact, sorted keys, HTML characters escaped."""
-    text = json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+def _go_json(value: object, *, sort_keys: bool) -> str:
+    """JSON as Go's encoding/json writes it: compact, HTML characters escaped, a map's keys
+    sorted and a struct's fields in their declared order."""
+    text = json.dumps(value, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False)
     for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026")):
         text = text.replace(char, escape)
     return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
@@ -338,11 +339,12 @@ def to_configmap(tpl: Template) -> dict[str, Any]:
         "memory_unit": unit,
         "gpu": str(tpl.gpu),
         "gpu_accelerator": tpl.gpu_accelerator,
-        "extended_resources": _go_json(tpl.extended_resources),
+        "extended_resources": _go_json(tpl.extended_resources, sort_keys=True),
     }
     if tpl.tolerations:
         data["tolerations"] = _go_json(
-            [{k: t[k] for k in TOLERATION_FIELDS if t.get(k)} for t in tpl.tolerations]
+            [{k: t[k] for k in TOLERATION_FIELDS if t.get(k)} for t in tpl.tolerations],
+            sort_keys=False,
         )
     return {
         "apiVersion": "v1",
