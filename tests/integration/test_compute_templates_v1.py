@@ -412,6 +412,12 @@ def test_a_method_the_route_does_not_take_is_501_unimplemented(
     assert call(cached, method, path, body)[::2] == (501, METHOD_NOT_ALLOWED)
 
 
+def test_head_is_501_too_and_carries_no_body(cached: Proxy, namespace: str) -> None:
+    code, headers, raw = cached.request("HEAD", f"{TEMPLATES}/basic")
+    assert (code, raw) == (501, b"")
+    assert headers["Content-Type"] == "application/json"
+
+
 # ---- the ConfigMap format, both ways -----------------------------------------------------------
 def test_template_kuberay_stored_is_served_as_kuberay_serves_it(
     cached: Proxy, namespace: str, controlplane: ControlPlane

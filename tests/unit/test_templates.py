@@ -431,7 +431,6 @@ def test_middleware_leaves_status_subresource_writes_alone() -> None:
     ],
 )
 def test_body_naming_no_template_is_passed_on_byte_for_byte(body: bytes) -> None:
-
     sent = asyncio.run(forwarded(middleware(), request("POST", body)))
     assert sent.body == body
 
