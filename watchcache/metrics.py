@@ -77,6 +77,24 @@ def render(runtime: Runtime, requests: RequestCounter) -> bytes:
         [(lb, r.hub.ended_slow) for _, r, lb in res],
     )
     metric(
+        "watchcache_watchers_ended_relist_total",
+        "counter",
+        "Watches ended with 410 because an upstream re-list broke the history they followed.",
+        [(lb, r.hub.ended_relist) for _, r, lb in res],
+    )
+    metric(
+        "watchcache_render_cache_bytes",
+        "gauge",
+        "Bytes of rendered list bodies kept for reuse (gzip forms included), all resources.",
+        [("", runtime.renders.currsize)],
+    )
+    metric(
+        "watchcache_render_cache_entries",
+        "gauge",
+        "Rendered list bodies kept for reuse, all resources.",
+        [("", len(runtime.renders))],
+    )
+    metric(
         "watchcache_watch_history_events",
         "gauge",
         "Events kept for watch resumption.",

@@ -102,7 +102,11 @@ async def serve_watch(
         await _start_stream(handler)
         await _write_initial(handler, initial, watcher, stall)
         if watcher.ended:
-            return  # shut down (or gone) before the initial events were all sent
+            # Shut down, gone, or expired (a re-list) before the initial events were all
+            # sent: what was queued (the 410 ERROR, if any) is the last thing written.
+            if watcher.frames:
+                handler.write(b"".join(watcher.drain(WRITE_BUDGET)))
+            return
         if initial_end is not None:
             handler.write(bookmark_frame(resource, initial_end, initial_end=True))
             await _within(handler.flush(), stall)

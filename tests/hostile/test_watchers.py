@@ -1,0 +1,123 @@
+"""Watchers that never read, and list queries padded with junk: memory stays bounded.
+
+Stalled watchers are opened the way a hostile or broken client would: the request is sent,
+the answer's head is read, and then nothing, through a tiny receive window. Each would pin
+the initial events (several MB of large objects) if watchcache let it.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import assert_healthy, rss_of  # tests/hostile/conftest.py
+
+from watchcache.controlplane import ControlPlane
+from watchcache.testing import population
+
+if TYPE_CHECKING:
+    from conftest import Proxy
+
+NS = "wc-hostile-watch"
+BIG = 30  # objects of ~200 KB: 6 MB of initial events per watcher
+PAD = 200_000
+STALLED = 40
+
+
+@pytest.fixture(scope="module")
+def big_objects(controlplane: ControlPlane) -> Iterator[None]:
+    population.ensure_namespaces(controlplane.request, (NS,))
+    for i in range(BIG):
+        obj = population.raycluster(f"big-{i}", NS, {}, controlplane.samples_dir)
+        obj["metadata"]["annotations"] = {"watchcache.test/pad": "x" * PAD}
+        population.create(controlplane.request, obj)
+    yield
+    population.delete_all(controlplane.request, (NS,))
+
+
+def open_unread_watch(base: str, path: str) -> socket.socket:
+    """Sends a watch request and reads its head byte by byte; the body is never read."""
+    url = urlsplit(base)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((url.hostname, url.port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return sock
+
+
+def metric(proxy: Proxy, name: str) -> float:
+    code, _, body = proxy.request("GET", "/metrics")
+    assert code == 200
+    values = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", body.decode(), re.M)
+    return sum(float(v) for v in values)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(0.2)
+
+
+def test_forty_watchers_that_never_read_are_cut_and_release_their_memory(
+    proxy_factory: Callable[..., Proxy], big_objects: None
+) -> None:
+    proxy = proxy_factory("--watch-stall-timeout", "2")
+    path = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
+    wait_for(lambda: len(proxy.request("GET", path)[2]) > BIG * PAD, "the cache to hold them")
+    baseline = rss_of(proxy)
+    socks = [open_unread_watch(proxy.base, f"{path}?watch=true") for _ in range(STALLED)]
+    try:
+        # Each is ended for not reading, though no new event ever comes.
+        wait_for(
+            lambda: metric(proxy, "watchcache_watchers_ended_slow_total") >= STALLED,
+            "every stalled watcher to be cut",
+        )
+        wait_for(lambda: metric(proxy, "watchcache_watchers") == 0, "no watcher left open")
+        # What they held is released: well under one copy of the initial events each.
+        assert rss_of(proxy) - baseline < STALLED * BIG * PAD // 4
+        assert_healthy(proxy)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_junk_query_parameters_do_not_fill_the_render_cache(
+    proxy_factory: Callable[..., Proxy], big_objects: None
+) -> None:
+    proxy = proxy_factory()
+    path = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
+    for n in range(200):
+        code, _, _ = proxy.request("GET", f"{path}?junk={n}")
+        assert code == 200
+    assert metric(proxy, "watchcache_render_cache_entries") == 1
+    # Gzip forms count in the same budget.
+    before = metric(proxy, "watchcache_render_cache_bytes")
+    code, headers, _ = proxy.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    assert code == 200 and headers.get("Content-Encoding") == "gzip"
+    assert metric(proxy, "watchcache_render_cache_bytes") > before
+    assert_healthy(proxy)
+
+
+def test_the_render_cache_holds_to_its_byte_budget(
+    proxy_factory: Callable[..., Proxy], big_objects: None
+) -> None:
+    budget = 32 << 20
+    proxy = proxy_factory("--render-cache-bytes", str(budget))
+    path = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
+    for n in range(BIG):  # distinct selectors: distinct bodies, each up to 6 MB
+        code, _, _ = proxy.request("GET", f"{path}?labelSelector=n!={n}")
+        assert code == 200
+    assert 0 < metric(proxy, "watchcache_render_cache_bytes") <= budget
+    assert_healthy(proxy)
