@@ -104,12 +104,17 @@ def decode_json(body: bytes) -> Any:
         raise bad_request(f"the body is not valid JSON: {exc}") from None
 
 
-def encode(obj: Any) -> bytes:
-    """``obj`` as JSON for the API server, held to MAX_BODY (413 past it)."""
+def dumps(obj: Any) -> bytes:
+    """``obj`` as JSON, at any depth (orjson stops at 254 levels; a loop takes over)."""
     try:
-        data = orjson.dumps(obj)
+        return orjson.dumps(obj)
     except orjson.JSONEncodeError:
-        data = _encode_iteratively(obj)  # deeper than orjson's 254 levels
+        return _encode_iteratively(obj)
+
+
+def encode(obj: Any) -> bytes:
+    """``obj`` as a request body for the API server, held to MAX_BODY (413 past it)."""
+    data = dumps(obj)
     if len(data) > MAX_BODY:
         raise request_too_large()
     return data

@@ -316,3 +316,13 @@ def test_a_bad_content_length_is_a_400_status_and_the_connection_closes(
     status = json.loads(body)  # one answer, nothing after it: the connection closed
     assert (status["kind"], status["reason"], status["code"]) == ("Status", "BadRequest", 400)
     assert_healthy(env.proxy)
+
+
+def test_a_compute_template_nested_past_orjsons_depth_is_no_500(env: Env) -> None:
+    deep: Any = []
+    for _ in range(600):
+        deep = [deep]
+    template = {"name": "hostile-deep", "cpu": 1, "memory": 1, "tolerations": deep}
+    code, body = env.proxy.json("POST", f"/apis/v1/namespaces/{NS}/compute_templates", template)
+    assert code in (200, 400, 422), body
+    assert_healthy(env.proxy)

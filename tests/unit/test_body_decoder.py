@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from watchcache.bodies import MAX_BODY, content_length, decode, encode
+from watchcache.bodies import MAX_BODY, content_length, decode, dumps, encode
 from watchcache.status import StatusError
 
 YAML = "application/yaml"
@@ -141,3 +141,11 @@ def test_encode_handles_any_depth_and_holds_the_body_limit() -> None:
 )
 def test_content_length_is_read_as_go_reads_it(values: list[str], expected: int | None) -> None:
     assert content_length(values) == expected
+
+
+def test_dumps_has_no_depth_limit_for_answers() -> None:
+    deep: dict[str, object] = {}
+    for _ in range(2000):
+        deep = {"a": deep, "b": [1.5, None, True, "x\u2028"]}
+    text = dumps(deep)  # (== on such a tree would recurse)
+    assert text.startswith(b'{"a":{"a":') and dumps(decode(text, "").value) == text

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
 from tornado import httputil
 
 from watchcache import bodies
@@ -83,7 +82,7 @@ class Response:
     @classmethod
     def json(cls, obj: object, status: int = 200) -> Response:
         headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
-        return cls(status=status, headers=headers, body=orjson.dumps(obj))
+        return cls(status=status, headers=headers, body=bodies.dumps(obj))
 
     @classmethod
     def from_status(cls, err: StatusError) -> Response:
