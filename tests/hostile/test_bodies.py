@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import assert_healthy  # tests/hostile/conftest.py
 
 from watchcache.controlplane import ControlPlane
+
+from .conftest import assert_healthy
 
 if TYPE_CHECKING:
     from conftest import Proxy
