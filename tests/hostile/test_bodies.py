@@ -120,7 +120,11 @@ Maker = Callable[[str], bytes]
 CASES: list[tuple[str, Maker, str]] = [
     # 400 "yaml: document contains excessive aliasing"; 458 bytes that expand to 10**10 nodes
     ("alias-bomb", lambda n: cluster(n, bomb(), USE_TEMPLATE), YAML),
-    # 201: aliases of modest use are fine
+    # go-yaml's ratio rule at its edge: three levels of ten (~97 % aliased) pass, four do not
+    ("alias-bomb-3-levels", lambda n: cluster(n, bomb(3)), YAML),
+    ("alias-bomb-4-levels", lambda n: cluster(n, bomb(4)), YAML),
+    # 201: aliases of modest use are fine, even many of them
+    ("500-aliases", lambda n: cluster(n, "  deep: [&m {a: 1}" + ", *m" * 500 + "]\n"), YAML),
     (
         "few-aliases",
         lambda n: cluster(n, "  deep: [&x {a: [1, 2]}, *x, *x]\n", anchor="&head"),
