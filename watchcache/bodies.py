@@ -469,29 +469,42 @@ class _YamlBuilder:
         if tag in (_STR, _MERGE) or not tag.startswith("tag:yaml.org,2002:"):
             return value
         kind = tag.rsplit(":", 1)[1]
-        node = yaml.ScalarNode(tag, value)
+        try:
+            return self._typed(kind, yaml.ScalarNode(tag, value), event.tag not in (None, "!"))
+        except (ValueError, IndexError, TypeError):
+            # Only an explicit tag can ask for what the text is not (``!!float abc``).
+            raise bad_request(f"yaml: cannot decode {value[:40]!r} as a !!{kind}") from None
+
+    def _typed(self, kind: str, node: yaml.ScalarNode, explicit: bool) -> Any:
+        value: str = node.value
         if kind == "null":
             return None
         if kind == "bool":
             return self.loader.construct_yaml_bool(node)
         if kind == "int":
-            return self._int(node)
+            return self._int(node, explicit)
         if kind == "float":
             return self.loader.construct_yaml_float(node)
         if kind == "binary":
             try:
-                return base64.b64decode(value.encode(), validate=False).decode("utf-8", "replace")
+                data = "".join(value.split()).encode()
+                return base64.b64decode(data, validate=True).decode("utf-8", "replace")
             except ValueError as exc:
                 raise bad_request(f"yaml: invalid base64 data: {exc}") from None
         return value  # timestamps stay text, as go-yaml leaves them for JSON
 
-    def _int(self, node: yaml.ScalarNode) -> Any:
+    def _int(self, node: yaml.ScalarNode, explicit: bool) -> Any:
         """An integer in go-yaml's range (int64, then uint64), else a float, else the text;
-        long digit strings never reach int()."""
+        long digit strings never reach int(). Text an explicit ``!!int`` cannot read is an
+        error, as in go-yaml."""
         plain = node.value.replace("_", "")
         if len(plain) <= 70:
-            with contextlib.suppress(ValueError):
+            try:
                 number = self.loader.construct_yaml_int(node)
+            except ValueError:
+                if explicit:
+                    raise
+            else:
                 if _INT64[0] <= number < _UINT64_END:
                     return number
         if re.fullmatch(r"[-+]?[0-9]+", plain):

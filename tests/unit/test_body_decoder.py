@@ -149,3 +149,10 @@ def test_dumps_has_no_depth_limit_for_answers() -> None:
         deep = {"a": deep, "b": [1.5, None, True, "x\u2028"]}
     text = dumps(deep)  # (== on such a tree would recurse)
     assert text.startswith(b'{"a":{"a":') and dumps(decode(text, "").value) == text
+
+
+@pytest.mark.parametrize(
+    "body", [b"a: !!float 1a", b"a: !!float", b"a: !!int x1", b"a: !!binary '*'"]
+)
+def test_an_explicit_tag_the_text_does_not_fit_is_a_bad_request(body: bytes) -> None:
+    assert refusal(body, YAML).code == 400
