@@ -289,7 +289,7 @@ def _token_fields(doc: Any) -> tuple[str, int, str]:
 
 
 def _int64_literal(text: str) -> int | None:
-    if any(ch in text for ch in ".eE"):
-        return None
+    if any(ch in text for ch in ".eE") or len(text.lstrip("-")) > 19:
+        return None  # past 19 digits it is out of range (and int() would refuse 4,300)
     number = int(text)
     return number if -(2**63) <= number < 2**63 else None

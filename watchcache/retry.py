@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from watchcache.bodies import decode
+from watchcache.status import StatusError
+
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -60,16 +63,12 @@ def may_duplicate(method: str, body: bytes | None) -> bool:
 
 
 def _names_object(body: bytes) -> bool:
-    try:
-        import orjson
-
-        obj = orjson.loads(body)
-    except Exception:
+    obj: object = None
+    for kind in ("json", "yaml"):
         try:
-            import yaml
-
-            obj = yaml.safe_load(body)
-        except Exception:
-            return False  # unreadable: the server will refuse it; do not risk a duplicate
+            obj = decode(body, kind).value
+            break
+        except StatusError:
+            continue  # unreadable: the server will refuse it; do not risk a duplicate
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     return isinstance(meta, dict) and bool(meta.get("name"))

@@ -129,10 +129,15 @@ def _aggregate(errors: list[str]) -> str:
 
 
 def _parse_int64(text: str) -> int | None:
-    """strconv.ParseInt(text, 10, 64): ASCII digits with an optional sign, in int64 range."""
+    """strconv.ParseInt(text, 10, 64): ASCII digits with an optional sign, in int64 range.
+    More than 19 significant digits is out of range before int() sees them (Python's int()
+    refuses 4,300 digits); leading zeros are fine, as in Go."""
     if not _INT64_RE.fullmatch(text):
         return None
-    number = int(text)
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    number = -int(digits) if text[0] == "-" else int(digits)
     return number if -(2**63) <= number < 2**63 else None
 
 

@@ -1,6 +1,7 @@
 """What every hostile-input test checks after its attack: the server is still well.
 
-The fixtures (control plane, watchcache processes) are the shared ones of tests/conftest.py.
+The fixtures (control plane, watchcache processes) are the shared ones of tests/conftest.py;
+test modules here import these helpers relatively: ``from .conftest import assert_healthy``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import assert_healthy, rss_of  # tests/hostile/conftest.py
+from .conftest import assert_healthy, rss_of
 
 from watchcache.controlplane import ControlPlane
 from watchcache.testing import population

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from tornado import httputil, web
 
+from watchcache.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.config import ResourceSpec
 from watchcache.middleware.core import Request, Response
 from watchcache.status import StatusError, method_not_allowed, not_found_path
@@ -21,13 +22,6 @@ log = logging.getLogger("watchcache.http")
 
 # Answers larger than this leave with their head sent first (see BaseHandler._emit).
 SEPARATE_HEAD_ABOVE = 256 * 1024
-
-# The Kubernetes API server's own limit on a request body (3 MiB).
-MAX_BODY = 3 * 1024 * 1024
-
-
-def request_too_large() -> StatusError:
-    return StatusError(413, "Request entity too large: limit is 3145728")
 
 
 def decoded_query(request: httputil.HTTPServerRequest) -> dict[str, list[str]]:
@@ -63,8 +57,16 @@ class BaseHandler(web.RequestHandler):
     def prepare(self) -> None:
         self._received = 0
         self._chunks: list[bytes] = []
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+        lengths = self.request.headers.get_list("Content-Length")
+        if not lengths:
+            return
+        length = content_length(lengths)
+        if length is None:
+            # Go's server answers 400 and closes; tornado would append a bare 400 of its own
+            # to this answer, so the connection goes once the Status is out.
+            self.send_status(StatusError(400, f"bad Content-Length {lengths[0][:40]!r}"))
+            self.request.connection.close()
+        elif length > MAX_BODY:
             raise request_too_large()
 
     def data_received(self, chunk: bytes) -> None:

@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import orjson
-import yaml
 from tornado import httputil
 
+from watchcache import bodies
 from watchcache.config import ResourceSpec
 from watchcache.status import StatusError
 
@@ -44,6 +43,8 @@ class Request:
     resource: ResourceSpec | None = None
     user: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
+    # The last decoded body shares the nodes its YAML aliases repeat (see bodies.Decoded).
+    _shared: bool = field(default=False, init=False, repr=False)
 
     @property
     def content_type(self) -> str:
@@ -51,20 +52,18 @@ class Request:
 
     def json(self) -> object:
         """The body decoded as JSON, or as YAML when the client sent YAML (as the API server
-        accepts either)."""
-        if "yaml" in self.content_type:
-            try:
-                return yaml.safe_load(self.body)
-            except yaml.YAMLError as exc:
-                raise StatusError(400, f"the body is not valid YAML: {exc}") from exc
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as exc:
-            raise StatusError(400, f"the body is not valid JSON: {exc}") from exc
+        accepts either), with the API server's bounds (watchcache.bodies)."""
+        decoded = bodies.decode(self.body, self.content_type)
+        self._shared = decoded.shared
+        return decoded.value
 
     def set_json(self, obj: object) -> None:
-        """Replaces the body with ``obj`` as JSON (a YAML body becomes JSON)."""
-        self.body = orjson.dumps(obj)
+        """Replaces the body with ``obj`` as JSON (a YAML body becomes JSON), held to the
+        body limit: a YAML body whose aliases expand past it is refused here (413), as the
+        API server would refuse the expanded body."""
+        if self._shared:
+            raise bodies.request_too_large()
+        self.body = bodies.encode(obj)
         self.headers["Content-Type"] = "application/json"
         self.headers.pop("Content-Length", None)
 
@@ -83,7 +82,7 @@ class Response:
     @classmethod
     def json(cls, obj: object, status: int = 200) -> Response:
         headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
-        return cls(status=status, headers=headers, body=orjson.dumps(obj))
+        return cls(status=status, headers=headers, body=bodies.dumps(obj))
 
     @classmethod
     def from_status(cls, err: StatusError) -> Response:

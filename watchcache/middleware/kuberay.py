@@ -143,18 +143,20 @@ class Defaults:
 
 
 def _default_images(obj: Any, image: str) -> None:
-    """Sets ``image`` on every container of every pod template that has none."""
-    if isinstance(obj, dict):
-        containers = obj.get("containers")
-        if isinstance(containers, list):
-            for container in containers:
-                if isinstance(container, dict) and not container.get("image"):
-                    container["image"] = image
-        for value in obj.values():
-            _default_images(value, image)
-    elif isinstance(obj, list):
-        for value in obj:
-            _default_images(value, image)
+    """Sets ``image`` on every container of every pod template that has none. A loop, not
+    recursion: a body may nest 10,000 deep."""
+    work = [obj]
+    while work:
+        node = work.pop()
+        if isinstance(node, dict):
+            containers = node.get("containers")
+            if isinstance(containers, list):
+                for container in containers:
+                    if isinstance(container, dict) and not container.get("image"):
+                        container["image"] = image
+            work.extend(node.values())
+        elif isinstance(node, list):
+            work.extend(node)
 
 
 class Cors:

@@ -177,40 +177,19 @@ def apply_template(group: dict[str, Any], main: str, name: str, res: Resources) 
 
 # ---- the bodies of Ray resources ---------------------------------------------------------------
 def _decoded(request: Request) -> object | None:
-    """The body, when it can be read; None for one that is not JSON at all (kube-apiserver
-    refuses it in its own words). JSON that orjson refuses but kube-apiserver takes (invalid
-    UTF-8, which it replaces; lone surrogates) is read as kube-apiserver reads it."""
-    if "yaml" in request.content_type:
-        return request.json()  # the shared decoder: its refusals stand
+    """The body, as the shared bounded decoder reads it (as kube-apiserver does: invalid
+    UTF-8 and lone surrogates replaced, 10,000 levels deep); None for JSON it refuses, which
+    goes on untouched for kube-apiserver to refuse in its own words. YAML refusals stand."""
     try:
-        return orjson.loads(request.body)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(request.body.decode("utf-8", "replace"))
-    except RecursionError:
-        raise _too_deep() from None
-    except ValueError:
-        return None
-
-
-def _too_deep() -> StatusError:
-    return StatusError(
-        400, "the body names a computeTemplate but is nested too deeply for it to be applied"
-    )
+        return request.json()
+    except StatusError as err:
+        if err.code == 400 and "yaml" not in request.content_type:
+            return None
+        raise
 
 
 def _set_body(request: Request, obj: object) -> None:
-    try:
-        body = orjson.dumps(obj)
-    except TypeError:  # a lone surrogate, an integer past 64 bits: escaped as JSON allows
-        try:
-            body = json.dumps(obj, separators=(",", ":"), default=str).encode()
-        except RecursionError:
-            raise _too_deep() from None
-    request.body = body
-    request.headers["Content-Type"] = "application/json"
-    request.headers.pop("Content-Length", None)
+    request.set_json(obj)  # any depth; held to the 3 MiB body limit
 
 
 # ---- KubeRay's v1 routes -----------------------------------------------------------------------
