@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-from .conftest import assert_healthy, rss_of
 
 from watchcache.controlplane import ControlPlane
 from watchcache.testing import population
+
+from .conftest import assert_healthy, rss_of
 
 if TYPE_CHECKING:
     from conftest import Proxy
