@@ -28,6 +28,7 @@ from cachetools import TTLCache
 
 from watchcache.config import ResourceSpec
 from watchcache.jsonpath import Unsupported
+from watchcache.negotiation import go_escape
 from watchcache.status import StatusError
 from watchcache.tables import TableSpec
 from watchcache.upstream import Upstream, UpstreamError
@@ -35,6 +36,44 @@ from watchcache.upstream import Upstream, UpstreamError
 log = logging.getLogger(__name__)
 
 GVKey = tuple[str, str]  # (group, version); group "" is the core group
+
+
+# The API groups kube-apiserver serves itself, as typed objects; a resource of any other
+# group is taken to be a CRD's (an aggregated API server's typed groups are not proxied).
+BUILTIN_GROUPS = frozenset(
+    {
+        "",
+        "admissionregistration.k8s.io",
+        "apiextensions.k8s.io",
+        "apiregistration.k8s.io",
+        "apps",
+        "authentication.k8s.io",
+        "authorization.k8s.io",
+        "autoscaling",
+        "batch",
+        "certificates.k8s.io",
+        "coordination.k8s.io",
+        "discovery.k8s.io",
+        "events.k8s.io",
+        "extensions",
+        "flowcontrol.apiserver.k8s.io",
+        "internal.apiserver.k8s.io",
+        "networking.k8s.io",
+        "node.k8s.io",
+        "policy",
+        "rbac.authorization.k8s.io",
+        "resource.k8s.io",
+        "scheduling.k8s.io",
+        "storage.k8s.io",
+        "storagemigration.k8s.io",
+    }
+)
+
+
+def is_custom(spec: ResourceSpec) -> bool:
+    """Whether the API server serves ``spec`` from a CRD, as unstructured objects: that
+    decides the shape of its list bodies (see handlers.read)."""
+    return spec.group not in BUILTIN_GROUPS
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +122,17 @@ class Served:
         return False
 
 
+# The core resources watchcache answers besides any configured one, and with which verbs:
+# a namespace's GET (passed through, for kubectl's "namespace not found" message). So
+# ``/api`` lists v1, as kube-apiserver's does, and ``/api/v1`` says exactly what is served.
+CORE_V1: Mapping[str, tuple[str, ...]] = {"namespaces": ("get",)}
+
+
 # ---- filters (pure) ------------------------------------------------------------------------
 def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
     """Any discovery document (aggregated or not, /api, /apis, a group, a group version),
-    keeping only what is served; a document of another kind is returned as it is."""
+    keeping only what is served; a document of another kind is returned as it is. No
+    server address of the API server's is kept (see ``with_server_address``)."""
     kind = doc.get("kind")
     if kind == "APIGroupDiscoveryList":
         items = []
@@ -94,10 +140,15 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
             group = (item.get("metadata") or {}).get("name", "")
             versions = []
             for version in item.get("versions") or []:
-                plurals = served.resources.get((group, version.get("version", "")))
-                if plurals is None:
+                gv = (group, version.get("version", ""))
+                plurals = served.resources.get(gv)
+                if plurals is None and gv != ("", "v1"):
                     continue
-                resources = [r for r in version.get("resources") or [] if r["resource"] in plurals]
+                resources = [
+                    _core_resource(r, "resource", "subresources") if plurals is None else r
+                    for r in version.get("resources") or []
+                    if r["resource"] in (plurals if plurals is not None else CORE_V1)
+                ]
                 if resources:
                     versions.append({**version, "resources": resources})
             if versions:
@@ -110,20 +161,55 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
         return _filter_group(doc, served)
     if kind == "APIResourceList":
         group, _, version = doc.get("groupVersion", "").rpartition("/")
-        plurals = served.resources.get((group, version), frozenset())
+        plurals = served.resources.get((group, version))
+        if plurals is None and (group, version) == ("", "v1"):
+            resources = [_core_resource(r, "name") for r in doc.get("resources") or []]
+            return {**doc, "resources": [r for r in resources if r["name"] in CORE_V1]}
+        plurals = plurals or frozenset()
         resources = [r for r in doc.get("resources") or [] if r["name"].split("/")[0] in plurals]
         return {**doc, "resources": resources}
     if kind == "APIVersions":
-        versions = [v for v in doc.get("versions") or [] if ("", v) in served.resources]
-        return {**doc, "versions": versions}
+        versions = [
+            v for v in doc.get("versions") or [] if ("", v) in served.resources or v == "v1"
+        ]
+        return {**doc, "versions": versions, "serverAddressByClientCIDRs": []}
     return doc
+
+
+def _core_resource(resource: dict[str, Any], name_key: str, *drop: str) -> dict[str, Any]:
+    """A core resource of CORE_V1 with only the verbs watchcache answers (and none of its
+    subresources: none is served)."""
+    verbs = CORE_V1.get(resource.get(name_key, ""), ())
+    out = {k: v for k, v in resource.items() if k not in drop}
+    out["verbs"] = [v for v in resource.get("verbs") or [] if v in verbs]
+    return out
+
+
+def with_server_address(body: bytes, address: str | None) -> bytes:
+    """An ``APIVersions`` body (``/api``) naming watchcache's own address, as the client
+    reached it, for every client network (or none when it is unknown); other bodies as
+    they are. Never the API server's: that is filtered out when the document is kept."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(doc, dict) or doc.get("kind") != "APIVersions":
+        return body
+    own = [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}] if address else []
+    return encode({**doc, "serverAddressByClientCIDRs": own})
+
+
+def encode(obj: object) -> bytes:
+    """A document as the API server writes it: Go's escaping, a final newline."""
+    return go_escape(orjson.dumps(obj)) + b"\n"
 
 
 def _filter_group(group: dict[str, Any], served: Served) -> dict[str, Any]:
     name = group.get("name", "")
     keep = served.versions(name)
     versions = [v for v in group.get("versions") or [] if v.get("version") in keep]
-    out = {**group, "versions": versions}
+    out = {k: v for k, v in group.items() if k != "serverAddressByClientCIDRs"}
+    out["versions"] = versions
     preferred = group.get("preferredVersion") or {}
     if versions and preferred.get("version") not in keep:
         out["preferredVersion"] = versions[0]
@@ -259,13 +345,17 @@ class Discovery:
             return doc, None
 
     @staticmethod
-    def _filtered(upstream: Document, obj: object, *, etag: bool) -> Document:
-        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``."""
-        body = orjson.dumps(obj)
+    def _filtered(
+        upstream: Document, obj: object, *, etag: bool, newline: bool = False
+    ) -> Document:
+        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``.
+        ``newline``: a discovery document, which the API server ends with one (OpenAPI's
+        documents have none)."""
+        body = encode(obj)
         headers = {n: v for n, v in upstream.headers.items() if n != "ETag"}
-        if etag:
-            headers["ETag"] = f'"{etag_of(body)}"'
-        return Document(200, body, headers)
+        if etag:  # of the body without its newline, as the API server hashes it
+            headers["ETag"] = f'"{etag_of(body[:-1])}"'
+        return Document(200, body if newline else body[:-1], headers)
 
     async def version(self) -> Document:
         async def make() -> Document:
@@ -285,7 +375,7 @@ class Discovery:
                 return doc
             # The API server tags aggregated discovery only; so does watchcache.
             filtered = filter_discovery(obj, self.served)
-            return self._filtered(doc, filtered, etag="ETag" in doc.headers)
+            return self._filtered(doc, filtered, etag="ETag" in doc.headers, newline=True)
 
         return await self._once(("discovery", path, accept), make)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+import orjson
+
 TABLE_VERSIONS = ("v1", "v1beta1")  # of meta.k8s.io
 
 Representation = Literal["json", "forward"] | tuple[Literal["table"], str]
@@ -107,3 +109,54 @@ def accepts_json(accept: str | None) -> bool:
         if clause.q > 0 and clause.type in ("application", "*") and clause.subtype in ("json", "*"):
             return True
     return False
+
+
+# ---- pretty-printing ------------------------------------------------------------------------
+# Go's strconv.ParseBool: anything else is false (a malformed value is not "unset").
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+# User agents the API server takes for a human (a browser, curl, wget) and indents for.
+_HUMAN_AGENTS = ("curl", "Wget", "Mozilla/5.0")
+# What Go's encoding/json escapes inside strings and orjson does not; none of these bytes
+# can occur outside a string in JSON, so a plain replace is exact.
+_GO_ESCAPES = (
+    (b"&", b"\\u0026"),
+    (b"<", b"\\u003c"),
+    (b">", b"\\u003e"),
+    ("\u2028".encode(), b"\\u2028"),
+    ("\u2029".encode(), b"\\u2029"),
+)
+
+
+def wants_pretty(
+    query: Mapping[str, list[str]], user_agent: str | None, accept: str | None = None
+) -> bool:
+    """Whether the API server would indent this answer: ``pretty=1`` on the Accept type, a
+    non-empty ``pretty`` query parameter (true as Go parses it, and then the user agent no
+    longer counts), else a browser's, curl's or wget's user agent."""
+    if accept and "pretty" in accept:
+        for clause in parse_accept(accept):
+            if clause.type in ("application", "*") and clause.subtype in ("json", "*"):
+                if clause.params.get("pretty") == "1":
+                    return True
+                break  # the clause the answer is negotiated from
+    values = query.get("pretty")
+    if values and values[0]:
+        return values[0] in _GO_TRUE
+    return (user_agent or "").startswith(_HUMAN_AGENTS)
+
+
+def go_indent(body: bytes) -> bytes:
+    """A compact JSON body as the API server's pretty serializer writes it (Go's
+    ``json.MarshalIndent`` with two spaces: no final newline, HTML characters escaped).
+    Key order is the body's own."""
+    return go_escape(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2))
+
+
+def go_escape(body: bytes) -> bytes:
+    """JSON bytes with the characters Go's encoder escapes (``&<>``, U+2028, U+2029) escaped
+    as it does, so that an answer is byte for byte the API server's; a body without any is
+    returned as it is, uncopied."""
+    for raw, escaped in _GO_ESCAPES:
+        if raw in body:
+            body = body.replace(raw, escaped)
+    return body

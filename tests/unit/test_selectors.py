@@ -449,6 +449,23 @@ def test_unsupported_field_label_is_rejected_when_allowed_says_no() -> None:
     assert field_error("=x", allowed) == "field label not supported: "
 
 
+@pytest.mark.parametrize("text", ["=rc-03", "==rc-03", "!=rc-03", " =x", "metadata.name=a,=b"])
+def test_an_empty_field_path_is_never_a_supported_label_even_when_any_path_is(text: str) -> None:
+    # kube-apiserver: 400 "field label not supported: " (the path, empty, after the colon).
+    path = text.split(",")[-1].partition("=")[0].rstrip("!")
+    assert field_error_any_path(text) == f"field label not supported: {path}"
+
+
+def test_without_a_label_check_an_empty_field_path_is_grammar_only() -> None:
+    assert parse_field_selector("=rc-03").requirements == (FieldRequirement("", "=", "rc-03"),)
+
+
+def field_error_any_path(text: str) -> str:
+    with pytest.raises(SelectorError) as info:
+        parse_field_selector(text, allowed=lambda path: True)
+    return str(info.value)
+
+
 def test_syntax_errors_win_over_unsupported_field_labels() -> None:
     expected = "invalid selector: 'spec.foo=1,a'; can't understand 'a'"
     assert field_error("spec.foo=1,a", {"metadata.name"}) == expected

@@ -24,6 +24,7 @@ import orjson
 from cachetools import LRUCache
 
 from watchcache.config import ResourceSpec
+from watchcache.discovery import is_custom
 from watchcache.handlers.proxy import PassThroughHandler
 from watchcache.handlers.table import FORWARD, TableRequest, list_meta, send_table, table_for
 from watchcache.handlers.watch import serve_watch
@@ -34,6 +35,7 @@ from watchcache.listoptions import (
     parse_list_options,
     resource_version_int,
 )
+from watchcache.negotiation import go_escape, go_indent, wants_pretty
 from watchcache.pagination import ContinueCodec
 from watchcache.status import StatusError, not_found, too_many_requests
 from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
@@ -239,7 +241,7 @@ class ResourceHandler(PassThroughHandler):
         self.set_header("ETag", etag)
         if self._not_modified(etag):
             return
-        self._send_json(entry.raw)
+        self._send_json(go_escape(entry.raw) + b"\n")
 
     # ---- list ------------------------------------------------------------------------------
     async def _list(self, namespace: str | None, opts: ListOptions) -> None:
@@ -354,25 +356,7 @@ class ResourceHandler(PassThroughHandler):
         if self._not_modified(etag):
             return
         if cached is None:
-            meta: dict[str, object] = {}
-            if token:
-                meta["continue"] = token
-            if remaining is not None:
-                meta["remainingItemCount"] = remaining
-            meta["resourceVersion"] = str(rv)
-            body = b"".join(
-                (
-                    b'{"apiVersion":"',
-                    res.spec.api_version.encode(),
-                    b'","items":[',
-                    b",".join([e.raw for e in entries]),
-                    b'],"kind":"',
-                    res.spec.list_kind.encode(),
-                    b'","metadata":',
-                    orjson.dumps(meta),
-                    b"}",
-                )
-            )
+            body = go_escape(_list_body(res.spec, entries, rv, token, remaining))
             cached = Rendered(store.generation, rv, etag, body)
             if token is None and len(body) <= res.renders.maxsize // 4:
                 res.renders[key] = cached  # bounded in bytes: a huge body is not kept
@@ -388,6 +372,13 @@ class ResourceHandler(PassThroughHandler):
         return False
 
     def _send_json(self, body: bytes, rendered: Rendered | None = None) -> None:
+        """Sends a compact body as the API server writes it (escaped as Go escapes, with a
+        final newline), or indented when the request asks (``pretty``, a human's user
+        agent). The indented form is made per request from the compact one and never kept:
+        the render cache holds compact bodies only."""
+        headers = self.request.headers
+        if wants_pretty(self.query, headers.get("User-Agent"), headers.get("Accept")):
+            body, rendered = go_indent(body), None
         self.set_header("Content-Type", "application/json")
         if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
             if rendered is not None and rendered.gzipped is not None:
@@ -399,6 +390,50 @@ class ResourceHandler(PassThroughHandler):
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
+
+
+def _list_body(
+    spec: ResourceSpec, entries: list[Entry], rv: int, token: str | None, remaining: int | None
+) -> bytes:
+    """A list as the API server encodes it, final newline included. A custom resource's list
+    is unstructured: keys sorted, and ``metadata.continue`` always there ("" on the last
+    page). A built-in kind's (Ray events) follows its Go struct: kind, apiVersion, metadata,
+    items, and ``continue`` only when there is a next page."""
+    items = b",".join([e.raw for e in entries])
+    if is_custom(spec):
+        meta: dict[str, object] = {"continue": token or ""}
+        if remaining is not None:
+            meta["remainingItemCount"] = remaining
+        meta["resourceVersion"] = str(rv)
+        parts = (
+            b'{"apiVersion":"',
+            spec.api_version.encode(),
+            b'","items":[',
+            items,
+            b'],"kind":"',
+            spec.list_kind.encode(),
+            b'","metadata":',
+            orjson.dumps(meta),
+            b"}\n",
+        )
+    else:
+        meta = {"resourceVersion": str(rv)}
+        if token:
+            meta["continue"] = token
+        if remaining is not None:
+            meta["remainingItemCount"] = remaining
+        parts = (
+            b'{"kind":"',
+            spec.list_kind.encode(),
+            b'","apiVersion":"',
+            spec.api_version.encode(),
+            b'","metadata":',
+            orjson.dumps(meta),
+            b',"items":[',
+            items,
+            b"]}\n",
+        )
+    return b"".join(parts)
 
 
 def _target(obj: dict, deleting: bool) -> tuple[str, str, int | None]:
