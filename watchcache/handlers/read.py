@@ -398,9 +398,9 @@ def _list_body(
     """A list as the API server encodes it, final newline included. A custom resource's list
     is unstructured: keys sorted, and ``metadata.continue`` always there ("" on the last
     page). A built-in kind's (Ray events) follows its Go struct: kind, apiVersion, metadata,
-    items, and ``continue`` only when there is a next page."""
-    items = b",".join([e.raw for e in entries])
+    items (without their own kind and apiVersion), and ``continue`` only with a next page."""
     if is_custom(spec):
+        items = b",".join([e.raw for e in entries])
         meta: dict[str, object] = {"continue": token or ""}
         if remaining is not None:
             meta["remainingItemCount"] = remaining
@@ -417,6 +417,16 @@ def _list_body(
             b"}\n",
         )
     else:
+        # A typed list's items carry no kind and apiVersion; the stored objects (from the
+        # watch) begin with them.
+        type_meta = b'{"kind":"%s","apiVersion":"%s",' % (
+            spec.kind.encode(),
+            spec.api_version.encode(),
+        )
+        cut = len(type_meta)
+        items = b",".join(
+            [b"{" + e.raw[cut:] if e.raw.startswith(type_meta) else e.raw for e in entries]
+        )
         meta = {"resourceVersion": str(rv)}
         if token:
             meta["continue"] = token
