@@ -21,6 +21,7 @@ import pytest
 from differential import Answer
 
 from watchcache.controlplane import ControlPlane
+from watchcache.negotiation import go_indent
 from watchcache.testing import population
 
 if TYPE_CHECKING:
@@ -32,11 +33,12 @@ API = "/apis/ray.io/v1"
 CLUSTERS = f"{API}/namespaces/{NAMESPACE}/rayclusters"
 EVENTS = f"/apis/events.k8s.io/v1/namespaces/{NAMESPACE}/events"
 CLUSTER = next(p for p in PLAN if p.kind == "RayCluster")
-# Three ways of asking for an indented answer, and one of declining it with a curl agent.
+# The ways of asking for an indented answer, and two compact ones (one declining with curl).
 PRETTY: dict[str, tuple[str, dict[str, str]]] = {
     "query-true": ("?pretty=true", {}),
     "query-1": ("?pretty=1", {}),
     "curl-agent": ("", {"User-Agent": "curl/8.5.0"}),
+    "browser-agent": ("", {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64)"}),
     "accept-pretty-1": ("", {"Accept": "application/json;pretty=1"}),
 }
 COMPACT: dict[str, tuple[str, dict[str, str]]] = {
@@ -174,6 +176,31 @@ def test_pretty_answers_neither_come_from_nor_poison_the_compact_render_cache(
         assert compact.raw.endswith(b"}\n") and b"\n  " not in compact.raw
         assert pretty.raw.startswith(b'{\n  "apiVersion"') and not pretty.raw.endswith(b"\n")
         assert pretty.body == compact.body
+
+
+# ---- discovery ----------------------------------------------------------------------------
+AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+@pytest.mark.parametrize(
+    ("path", "accept"),
+    [
+        *((p, "application/json") for p in ("/api", "/apis", "/apis/ray.io", "/apis/ray.io/v1")),
+        ("/api", AGGREGATED),  # aggregated discovery: only at the roots
+        ("/apis", AGGREGATED),
+    ],
+)
+def test_discovery_is_written_as_kube_writes_it_compact_or_indented(
+    path: str, accept: str, controlplane: ControlPlane, cached: Proxy
+) -> None:
+    """The documents differ (watchcache's are cut to what it serves); the layout may not."""
+    for fetch in (differential.kube, differential.proxy):
+        side = controlplane if fetch is differential.kube else cached
+        compact = fetch(side, {"Accept": accept})(path)  # type: ignore[arg-type]
+        pretty = fetch(side, {"Accept": accept, "User-Agent": "curl/8.5.0"})(path)  # type: ignore[arg-type]
+        assert compact.code == pretty.code == 200, (fetch, compact.raw[:200])
+        assert compact.raw.endswith(b"}\n"), (fetch, compact.raw[-50:])
+        assert pretty.raw == go_indent(compact.raw), (fetch, pretty.raw[:200])
 
 
 # ---- /api ---------------------------------------------------------------------------------
