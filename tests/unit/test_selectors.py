@@ -209,6 +209,12 @@ def test_nul_right_after_a_word_only_splits_it_as_in_go() -> None:
         ("a in (b c)", UNABLE + "found 'c', expected: ',' or ')'"),
         ("a in (b,", UNABLE + "found '', expected: ',', or identifier"),
         ("a=(b)", UNABLE + "found '(', expected: identifier"),
+        # Empty keys, as kube-apiserver answers them.
+        ("==ml", "found '==', expected: !, identifier, or 'end of string'"),
+        ("!=ml", "found '!=', expected: !, identifier, or 'end of string'"),
+        (" =ml", "found '=', expected: !, identifier, or 'end of string'"),
+        ("in (ml)", UNABLE + "found '(', expected: in, notin, =, ==, !=, gt, lt"),
+        ("team=ml,=x", "found '=', expected: identifier after ','"),
         ("a>b", UNABLE + 'values[0]: Invalid value: "b": ' + INTEGER_RULE),
         (
             "a<99999999999999999999",
