@@ -28,52 +28,14 @@ from cachetools import TTLCache
 
 from watchcache.config import ResourceSpec
 from watchcache.jsonpath import Unsupported
-from watchcache.negotiation import go_escape
 from watchcache.status import StatusError
 from watchcache.tables import TableSpec
 from watchcache.upstream import Upstream, UpstreamError
+from watchcache.wire import go_escape
 
 log = logging.getLogger(__name__)
 
 GVKey = tuple[str, str]  # (group, version); group "" is the core group
-
-
-# The API groups kube-apiserver serves itself, as typed objects; a resource of any other
-# group is taken to be a CRD's (an aggregated API server's typed groups are not proxied).
-BUILTIN_GROUPS = frozenset(
-    {
-        "",
-        "admissionregistration.k8s.io",
-        "apiextensions.k8s.io",
-        "apiregistration.k8s.io",
-        "apps",
-        "authentication.k8s.io",
-        "authorization.k8s.io",
-        "autoscaling",
-        "batch",
-        "certificates.k8s.io",
-        "coordination.k8s.io",
-        "discovery.k8s.io",
-        "events.k8s.io",
-        "extensions",
-        "flowcontrol.apiserver.k8s.io",
-        "internal.apiserver.k8s.io",
-        "networking.k8s.io",
-        "node.k8s.io",
-        "policy",
-        "rbac.authorization.k8s.io",
-        "resource.k8s.io",
-        "scheduling.k8s.io",
-        "storage.k8s.io",
-        "storagemigration.k8s.io",
-    }
-)
-
-
-def is_custom(spec: ResourceSpec) -> bool:
-    """Whether the API server serves ``spec`` from a CRD, as unstructured objects: that
-    decides the shape of its list bodies (see handlers.read)."""
-    return spec.group not in BUILTIN_GROUPS
 
 
 @dataclass(frozen=True, slots=True)

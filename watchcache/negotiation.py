@@ -4,6 +4,7 @@ The API server walks the Accept clauses best first (goautoneg's order) and takes
 can produce, with its ``as``/``g``/``v`` parameters (a Table, PartialObjectMetadata) or
 without (the object). watchcache produces plain JSON and JSON Tables itself; for anything
 else the API server answers, so that the answer is exactly its own (YAML, protobuf, a 406).
+Whether an answer is indented is decided here too (``wants_pretty``); how, in watchcache.wire.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
-
-import orjson
 
 TABLE_VERSIONS = ("v1", "v1beta1")  # of meta.k8s.io
 
@@ -116,15 +115,6 @@ def accepts_json(accept: str | None) -> bool:
 _GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 # User agents the API server takes for a human (a browser, curl, wget) and indents for.
 _HUMAN_AGENTS = ("curl", "Wget", "Mozilla/5.0")
-# What Go's encoding/json escapes inside strings and orjson does not; none of these bytes
-# can occur outside a string in JSON, so a plain replace is exact.
-_GO_ESCAPES = (
-    (b"&", b"\\u0026"),
-    (b"<", b"\\u003c"),
-    (b">", b"\\u003e"),
-    ("\u2028".encode(), b"\\u2028"),
-    ("\u2029".encode(), b"\\u2029"),
-)
 
 
 def wants_pretty(
@@ -143,20 +133,3 @@ def wants_pretty(
     if values and values[0]:
         return values[0] in _GO_TRUE
     return (user_agent or "").startswith(_HUMAN_AGENTS)
-
-
-def go_indent(body: bytes) -> bytes:
-    """A compact JSON body as the API server's pretty serializer writes it (Go's
-    ``json.MarshalIndent`` with two spaces: no final newline, HTML characters escaped).
-    Key order is the body's own."""
-    return go_escape(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2))
-
-
-def go_escape(body: bytes) -> bytes:
-    """JSON bytes with the characters Go's encoder escapes (``&<>``, U+2028, U+2029) escaped
-    as it does, so that an answer is byte for byte the API server's; a body without any is
-    returned as it is, uncopied."""
-    for raw, escaped in _GO_ESCAPES:
-        if raw in body:
-            body = body.replace(raw, escaped)
-    return body

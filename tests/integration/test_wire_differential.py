@@ -21,8 +21,8 @@ import pytest
 from differential import Answer
 
 from watchcache.controlplane import ControlPlane
-from watchcache.negotiation import go_indent
 from watchcache.testing import population
+from watchcache.wire import go_indent
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from watchcache.negotiation import go_escape, go_indent, wants_pretty
+from watchcache.negotiation import wants_pretty
+from watchcache.wire import go_escape, go_indent
 
 
 @pytest.mark.parametrize("value", ["1", "t", "T", "true", "True", "TRUE"])

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Literal
 from watchcache.discovery import Document, with_server_address
 from watchcache.handlers.base import BaseHandler, decoded_query
 from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.negotiation import accepts_json, go_indent, wants_pretty
+from watchcache.negotiation import accepts_json, wants_pretty
 from watchcache.status import StatusError, method_not_allowed, not_found_path
+from watchcache.wire import go_indent
 
 if TYPE_CHECKING:
     from watchcache.app import Runtime

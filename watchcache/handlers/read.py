@@ -24,7 +24,6 @@ import orjson
 from cachetools import LRUCache
 
 from watchcache.config import ResourceSpec
-from watchcache.discovery import is_custom
 from watchcache.handlers.proxy import PassThroughHandler
 from watchcache.handlers.table import FORWARD, TableRequest, list_meta, send_table, table_for
 from watchcache.handlers.watch import serve_watch
@@ -35,11 +34,12 @@ from watchcache.listoptions import (
     parse_list_options,
     resource_version_int,
 )
-from watchcache.negotiation import go_escape, go_indent, wants_pretty
+from watchcache.negotiation import wants_pretty
 from watchcache.pagination import ContinueCodec
 from watchcache.status import StatusError, not_found, too_many_requests
 from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
 from watchcache.watch import Hub, TooOld
+from watchcache.wire import go_escape, go_indent, list_body
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class ResourceHandler(PassThroughHandler):
         if self._not_modified(etag):
             return
         if cached is None:
-            body = go_escape(_list_body(res.spec, entries, rv, token, remaining))
+            body = go_escape(list_body(res.spec, entries, rv, token, remaining))
             cached = Rendered(store.generation, rv, etag, body)
             if token is None and len(body) <= res.renders.maxsize // 4:
                 res.renders[key] = cached  # bounded in bytes: a huge body is not kept
@@ -390,60 +390,6 @@ class ResourceHandler(PassThroughHandler):
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
-
-
-def _list_body(
-    spec: ResourceSpec, entries: list[Entry], rv: int, token: str | None, remaining: int | None
-) -> bytes:
-    """A list as the API server encodes it, final newline included. A custom resource's list
-    is unstructured: keys sorted, and ``metadata.continue`` always there ("" on the last
-    page). A built-in kind's (Ray events) follows its Go struct: kind, apiVersion, metadata,
-    items (without their own kind and apiVersion), and ``continue`` only with a next page."""
-    if is_custom(spec):
-        items = b",".join([e.raw for e in entries])
-        meta: dict[str, object] = {"continue": token or ""}
-        if remaining is not None:
-            meta["remainingItemCount"] = remaining
-        meta["resourceVersion"] = str(rv)
-        parts = (
-            b'{"apiVersion":"',
-            spec.api_version.encode(),
-            b'","items":[',
-            items,
-            b'],"kind":"',
-            spec.list_kind.encode(),
-            b'","metadata":',
-            orjson.dumps(meta),
-            b"}\n",
-        )
-    else:
-        # A typed list's items carry no kind and apiVersion; the stored objects (from the
-        # watch) begin with them.
-        type_meta = b'{"kind":"%s","apiVersion":"%s",' % (
-            spec.kind.encode(),
-            spec.api_version.encode(),
-        )
-        cut = len(type_meta)
-        items = b",".join(
-            [b"{" + e.raw[cut:] if e.raw.startswith(type_meta) else e.raw for e in entries]
-        )
-        meta = {"resourceVersion": str(rv)}
-        if token:
-            meta["continue"] = token
-        if remaining is not None:
-            meta["remainingItemCount"] = remaining
-        parts = (
-            b'{"kind":"',
-            spec.list_kind.encode(),
-            b'","apiVersion":"',
-            spec.api_version.encode(),
-            b'","metadata":',
-            orjson.dumps(meta),
-            b',"items":[',
-            items,
-            b"]}\n",
-        )
-    return b"".join(parts)
 
 
 def _target(obj: dict, deleting: bool) -> tuple[str, str, int | None]:
