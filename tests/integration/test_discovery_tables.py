@@ -353,6 +353,18 @@ def test_table_is_kube_apiservers_table(
     assert got[0] == want[0] == 200, got[2][:300]
     assert got[1]["Content-Type"] == want[1]["Content-Type"]
     assert normalised_table(got[2], is_list) == normalised_table(want[2], is_list)
+    assert got[2].endswith(b"}\n") and want[2].endswith(b"}\n")  # as kube writes JSON
+
+
+def test_a_pretty_table_is_indented_as_kubes(
+    controlplane: ControlPlane, cached: Proxy, table_objects: list[dict[str, Any]]
+) -> None:
+    path = population.object_path(table_objects[1]) + "?pretty=true"
+    got, want = via(cached, path, TABLE), kube(controlplane, path, TABLE)
+    assert got[0] == want[0] == 200
+    assert got[2].startswith(b'{\n  "kind": "Table",') and not got[2].endswith(b"\n")
+    assert want[2].startswith(b'{\n  "kind": "Table",') and not want[2].endswith(b"\n")
+    assert normalised_table(got[2], False) == normalised_table(want[2], False)
 
 
 def test_table_of_a_held_deletion_carries_its_deletion_timestamp(
