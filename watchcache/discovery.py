@@ -308,16 +308,17 @@ class Discovery:
 
     @staticmethod
     def _filtered(
-        upstream: Document, obj: object, *, etag: bool, newline: bool = False
+        upstream: Document, obj: object, *, etag: bool, discovery: bool = False, v2: bool = False
     ) -> Document:
-        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``.
-        ``newline``: a discovery document, which the API server ends with one (OpenAPI's
-        documents have none)."""
-        body = encode(obj)
+        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``,
+        written as the API server writes that document: discovery with Go's escaping and a
+        final newline; OpenAPI without the newline, v3 escaped, v2 not (its own encoder)."""
+        compact = orjson.dumps(obj)
+        body = compact if v2 else go_escape(compact)
         headers = {n: v for n, v in upstream.headers.items() if n != "ETag"}
-        if etag:  # of the body without its newline, as the API server hashes it
-            headers["ETag"] = f'"{etag_of(body[:-1])}"'
-        return Document(200, body if newline else body[:-1], headers)
+        if etag:  # of the body without a newline, as the API server hashes it
+            headers["ETag"] = f'"{etag_of(body)}"'
+        return Document(200, body + b"\n" if discovery else body, headers)
 
     async def version(self) -> Document:
         async def make() -> Document:
@@ -337,7 +338,7 @@ class Discovery:
                 return doc
             # The API server tags aggregated discovery only; so does watchcache.
             filtered = filter_discovery(obj, self.served)
-            return self._filtered(doc, filtered, etag="ETag" in doc.headers, newline=True)
+            return self._filtered(doc, filtered, etag="ETag" in doc.headers, discovery=True)
 
         return await self._once(("discovery", path, accept), make)
 
@@ -346,7 +347,7 @@ class Discovery:
             doc, obj = await self._get("/openapi/v2", "application/json")
             if not isinstance(obj, dict):
                 return doc
-            return self._filtered(doc, filter_openapi(obj, self.served), etag=True)
+            return self._filtered(doc, filter_openapi(obj, self.served), etag=True, v2=True)
 
         return await self._once("/openapi/v2", make)
 

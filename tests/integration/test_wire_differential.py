@@ -203,6 +203,21 @@ def test_discovery_is_written_as_kube_writes_it_compact_or_indented(
         assert pretty.raw == go_indent(compact.raw), (fetch, pretty.raw[:200])
 
 
+@pytest.mark.parametrize("path", ["/openapi/v2", "/openapi/v3/apis/ray.io/v1"])
+def test_openapi_is_written_as_kube_writes_it(
+    path: str, controlplane: ControlPlane, cached: Proxy
+) -> None:
+    """No final newline, never indented; v3 escapes as Go's encoder does, v2 does not."""
+    for headers in ({}, {"User-Agent": "curl/8.5.0"}):
+        want, got = both(controlplane, cached, path, headers)
+        assert got.code == want.code == 200
+        assert got.raw[-1:] == want.raw[-1:] == b"}" and got.raw[:2] == want.raw[:2] == b'{"'
+        for escaped in (b"\\u003c", b"\\u0026"):
+            assert (escaped in got.raw) == (escaped in want.raw), (path, escaped)
+    if path.endswith("ray.io/v1"):  # every path of it is served: the very document
+        assert got.raw == want.raw, first_difference(want.raw, got.raw)
+
+
 # ---- /api ---------------------------------------------------------------------------------
 def _address(doc: dict[str, Any]) -> list[str]:
     return [a["serverAddress"] for a in doc["serverAddressByClientCIDRs"]]
