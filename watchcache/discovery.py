@@ -103,13 +103,12 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
             versions = []
             for version in item.get("versions") or []:
                 gv = (group, version.get("version", ""))
-                plurals = served.resources.get(gv)
-                if plurals is None and gv != ("", "v1"):
-                    continue
+                plurals = served.resources.get(gv, frozenset())
+                core = CORE_V1 if gv == ("", "v1") else {}
                 resources = [
-                    _core_resource(r, "resource", "subresources") if plurals is None else r
+                    r if r["resource"] in plurals else _core_resource(r, "resource", "subresources")
                     for r in version.get("resources") or []
-                    if r["resource"] in (plurals if plurals is not None else CORE_V1)
+                    if r["resource"] in plurals or r["resource"] in core
                 ]
                 if resources:
                     versions.append({**version, "resources": resources})
@@ -123,12 +122,13 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
         return _filter_group(doc, served)
     if kind == "APIResourceList":
         group, _, version = doc.get("groupVersion", "").rpartition("/")
-        plurals = served.resources.get((group, version))
-        if plurals is None and (group, version) == ("", "v1"):
-            resources = [_core_resource(r, "name") for r in doc.get("resources") or []]
-            return {**doc, "resources": [r for r in resources if r["name"] in CORE_V1]}
-        plurals = plurals or frozenset()
-        resources = [r for r in doc.get("resources") or [] if r["name"].split("/")[0] in plurals]
+        plurals = served.resources.get((group, version), frozenset())
+        core = CORE_V1 if (group, version) == ("", "v1") else {}
+        resources = [
+            r if r["name"].split("/")[0] in plurals else _core_resource(r, "name")
+            for r in doc.get("resources") or []
+            if r["name"].split("/")[0] in plurals or r["name"] in core
+        ]
         return {**doc, "resources": resources}
     if kind == "APIVersions":
         versions = [

@@ -178,3 +178,22 @@ def test_accepts_json_unless_only_protobuf_is_acceptable() -> None:
     assert accepts_json("*/*")
     assert accepts_json("application/com.github.proto-openapi.spec.v2@v1.0+protobuf, */*;q=0.1")
     assert not accepts_json("application/com.github.proto-openapi.spec.v2@v1.0+protobuf")
+
+
+def test_a_served_core_resource_is_listed_whole_beside_the_namespace_get() -> None:
+    served = Served.of(
+        [ResourceSpec(group="", version="v1", plural="configmaps", kind="ConfigMap")]
+    )
+    doc = {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {"name": "configmaps", "verbs": ["get", "list", "watch"]},
+            {"name": "namespaces", "verbs": ["get", "list"]},
+            {"name": "pods", "verbs": ["get"]},
+        ],
+    }
+    assert filter_discovery(doc, served)["resources"] == [
+        {"name": "configmaps", "verbs": ["get", "list", "watch"]},
+        {"name": "namespaces", "verbs": ["get"]},
+    ]
