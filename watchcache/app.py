@@ -9,7 +9,6 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from cachetools import LRUCache
 from tornado import httpserver, web
 from tornado.netutil import bind_sockets
 
@@ -23,7 +22,12 @@ from watchcache.handlers.base import (
 )
 from watchcache.handlers.discovery import discovery_routes
 from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.handlers.read import CachedResource, ResourceHandler, list_path_args
+from watchcache.handlers.read import (
+    CachedResource,
+    ResourceHandler,
+    list_path_args,
+    render_cache,
+)
 from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
 from watchcache.middleware.kuberay import (
@@ -40,11 +44,9 @@ from watchcache.pagination import ContinueCodec
 from watchcache.reflector import Reflector
 from watchcache.store import Store
 from watchcache.upstream import Credentials, Upstream, load_credentials
-from watchcache.watch import Hub
+from watchcache.watch import HistoryLimits, Hub
 
 log = logging.getLogger("watchcache")
-
-RENDER_CACHE_BYTES = 256 * 1024 * 1024
 
 
 class Runtime:
@@ -61,6 +63,8 @@ class Runtime:
         self.reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._codec = ContinueCodec()
+        # Rendered list bodies of every resource, in one byte budget for the server.
+        self.renders = render_cache(settings.render_cache_bytes)
         specs = list(settings.resources) if settings.cache else []
         if settings.kuberay_features:
             specs += [CONFIGMAPS, RAY_EVENTS, KUBERAY_SERVICES]
@@ -79,10 +83,16 @@ class Runtime:
         resource = CachedResource(
             spec=spec,
             store=store,
-            hub=Hub(store),
+            hub=Hub(
+                store,
+                HistoryLimits(
+                    count=self.settings.watch_history_events,
+                    age=self.settings.watch_history_seconds,
+                ),
+            ),
             codec=self._codec,
-            # Rendered list bodies, bounded by their bytes (gzipped forms ride along).
-            renders=LRUCache(maxsize=RENDER_CACHE_BYTES, getsizeof=lambda r: len(r.body)),
+            renders=self.renders,
+            stall_timeout=self.settings.watch_stall_timeout,
         )
         self.cached[spec] = resource
         for ns in feeds:

@@ -54,6 +54,34 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long the API server may take to start answering a request",
     )
+    parser.add_argument(
+        "--render-cache-bytes",
+        type=int,
+        default=128 << 20,
+        metavar="BYTES",
+        help="rendered list bodies kept for reuse, gzip forms included, all resources together",
+    )
+    parser.add_argument(
+        "--watch-stall-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a watch client that has not read what was sent to it for this long is cut off",
+    )
+    parser.add_argument(
+        "--watch-history-seconds",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long recent events are kept for watches to resume from",
+    )
+    parser.add_argument(
+        "--watch-history-events",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="how many recent events per resource are kept for watches to resume from",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -92,6 +120,10 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "kuberay_features": not args.no_kuberay_features,
         "retry": RetryPolicy(max_retries=max(args.retries, 0)),
         "upstream_timeout": args.upstream_timeout,
+        "render_cache_bytes": args.render_cache_bytes,
+        "watch_stall_timeout": args.watch_stall_timeout,
+        "watch_history_seconds": args.watch_history_seconds,
+        "watch_history_events": args.watch_history_events,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
     }

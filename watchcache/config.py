@@ -64,6 +64,13 @@ class Settings:
     resources: tuple[ResourceSpec, ...] = RAY_RESOURCES
     # How long an upstream request may take before it is abandoned (watches excepted).
     upstream_timeout: float = 60.0
+    # Rendered list bodies (and their gzip forms) kept for reuse, all resources together.
+    render_cache_bytes: int = 128 << 20
+    # A watch whose client has not taken what was written to it for this long is ended.
+    watch_stall_timeout: float = 30.0
+    # How far back a watch can resume: the window of recent events kept per resource.
+    watch_history_seconds: float = 300.0
+    watch_history_events: int = 10_000
     cors_allow_origin: str | None = None
     # A YAML file of default values for created Ray resources (see middleware.kuberay.Defaults).
     defaults_file: str | None = None

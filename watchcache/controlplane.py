@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,7 +143,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """Stops every process started here (their whole process groups) and removes the folder."""
-        for name in ("kube-apiserver", "etcd"):
+        for name in ("kube-apiserver", "kube-apiserver-2", "etcd"):
             proc = self.procs.pop(name, None)
             if proc is not None:
                 _terminate(proc)
@@ -157,6 +158,29 @@ class ControlPlane:
         _terminate(proc)
         self._start_apiserver()
         self._wait_ready()
+
+    @contextlib.contextmanager
+    def apiserver_replaced(self) -> Iterator[None]:
+        """For the block, kube-apiserver is down and a second one serves the same etcd on
+        another port (``server`` and ``request`` point at it); then the first comes back.
+
+        Whatever watched the first one returns to a server whose watch cache starts after
+        the block's writes: a watch from before them gets 410, and the watcher must list
+        again. That is the re-list a long outage causes in a real cluster."""
+        first = self.port
+        _terminate(self.procs.pop("kube-apiserver"))
+        self.port = free_port()
+        try:
+            self._start_apiserver("kube-apiserver-2")
+            self._wait_ready()
+            yield
+        finally:
+            second = self.procs.pop("kube-apiserver-2", None)
+            if second is not None:
+                _terminate(second)
+            self.port = first
+            self._start_apiserver()
+            self._wait_ready()
 
     # ---- steps -------------------------------------------------------------------------
     def _write_pki(self) -> None:
@@ -248,10 +272,10 @@ class ControlPlane:
             ],
         )
 
-    def _start_apiserver(self) -> None:
+    def _start_apiserver(self, name: str = "kube-apiserver") -> None:
         d = self.workdir
         self._spawn(
-            "kube-apiserver",
+            name,
             [
                 str(self.home / "bin" / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",

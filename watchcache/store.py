@@ -86,6 +86,20 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Relisted:
+    """A re-list replaced the state of ``namespaces`` at version ``rv``.
+
+    What changed between the last event and the list is known only as a difference: which
+    updates happened in between, and when each deletion happened, is lost. So it is not
+    history, and listeners are told that history broke here instead of being handed made-up
+    events (see the Hub for what watchers then see).
+    """
+
+    rv: int
+    namespaces: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """The store's items at one resourceVersion, in list order; kept for pagination and Exact."""
 
@@ -108,7 +122,10 @@ def matches(entry: Entry, labels: LabelSelector, fields: FieldSelector) -> bool:
     )
 
 
-Listener = Callable[[Event], None]
+Listener = Callable[[Event | Relisted], None]
+
+# Namespaces remembered with the version of their last change before empty ones are swept.
+NAMESPACE_VERSIONS = 4096
 
 
 class Store:
@@ -137,8 +154,18 @@ class Store:
         # The highest first-list version of any feed: every change above it is an event.
         self.sync_rv = 0
         self.rv = 0
-        # Bumped on every change of the items (not on bookmarks); render caches key on it.
+        # Bumped on every change of the items (not on bookmarks).
         self.generation = 0
+        # The version of the last change, store-wide and per namespace (an apply's version,
+        # or a re-list's for the namespaces it changed). A scope's items are the same at
+        # every version from its last change up to ``rv``: its lists carry that version, so
+        # that a quiet namespace's answer (and its ETag) stays the same while others change.
+        self.changed_rv = 0
+        self._ns_changed: dict[str, int] = {}
+        # Namespaces not in ``_ns_changed`` last changed at or before this version: the
+        # first list's, or the newest version of an empty namespace swept out of the dict.
+        self._ns_floor: dict[str | None, int] = dict.fromkeys(self._feed_rv, 0)
+        self._ns_limit = NAMESPACE_VERSIONS
         self._listeners: list[Listener] = []
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
@@ -235,6 +262,27 @@ class Store:
     def entries(self) -> Iterator[Entry]:
         return (self._items[k] for k in self._keys)
 
+    def changed_at(self, namespace: str | None) -> int:
+        """The version of the last change in ``namespace`` (None: anywhere in the store).
+
+        Nothing in that scope changed after it: its items now are its items at every version
+        from this one up to the version its feed has reached."""
+        if namespace is None:
+            return self.changed_rv
+        rv = self._ns_changed.get(namespace)
+        if rv is not None:
+            return rv
+        feed = None if None in self._ns_floor else namespace
+        return self._ns_floor.get(feed, self.sync_rv)
+
+    def list_rv(self, namespace: str | None) -> int:
+        """The resourceVersion a list of the current items of ``namespace`` carries: its last
+        change, at which those items are exact. (With a feed per namespace, a store-wide
+        change may be ahead of a lagging feed; the store's own version is then the answer.)"""
+        if namespace is None:
+            return min(self.changed_rv, self.rv)
+        return self.changed_at(namespace)
+
     def feed_rv(self, namespace: str) -> int | None:
         """The version up to which the feed holding ``namespace`` has delivered its changes;
         None when no feed holds it (the namespace is not cached)."""
@@ -287,6 +335,7 @@ class Store:
             self._put(entry, prev)
             event = Event("ADDED" if prev is None else "MODIFIED", entry, prev, entry.rv)
         self.generation += 1
+        self._changed({entry.namespace}, entry.rv)
         self._notify(event)
         self._advance(feed, entry.rv)
 
@@ -296,50 +345,71 @@ class Store:
     def replace(
         self, objects: Iterable[Entry | Mapping[str, Any]], rv: int, *, feed: str | None = None
     ) -> int:
-        """A (re-)list's result: the difference becomes ordinary events, oldest first.
+        """A (re-)list's result at version ``rv``; returns the number of objects it changed.
 
-        Objects of this feed that are gone get DELETED at the list's version, the only
-        version known to postdate their deletion. Returns the number of events.
+        A feed's first list is the initial state: its objects are notified as ADDED, with
+        ``initial_list`` set, so that listeners can tell them from history. A later list
+        (after a 410) replaces the state at once and notifies one ``Relisted`` when anything
+        differs; a list that finds nothing changed is only a newer version, like a bookmark.
         """
-        self.initial_list = feed in self._unsynced
+        initial = feed in self._unsynced
         fresh = {
             e.key: e for e in (o if isinstance(o, Entry) else Entry.from_object(o) for o in objects)
         }
         in_scope = [k for k in self._items if feed is None or k.startswith(feed + "/")]
-        events: list[Event] = []
+        changes: list[tuple[Entry | None, Entry | None]] = []  # (new, prev); new None: gone
         for key, entry in fresh.items():
             prev = self._items.get(key)
-            if prev is None:
-                events.append(Event("ADDED", entry, None, entry.rv))
-            elif prev.rv != entry.rv:
-                events.append(Event("MODIFIED", entry, prev, entry.rv))
-        events.sort(key=lambda e: e.rv)
-        for key in in_scope:
-            if key not in fresh:
-                gone = self._items[key]
-                events.append(
-                    Event(
-                        "DELETED",
-                        Entry(gone.namespace, gone.name, rv, gone.raw, gone.labels),
-                        gone,
-                        rv,
-                    )
-                )
-        for event in events:
-            if event.type == "DELETED":
-                self._remove(event.prev)  # type: ignore[arg-type]
+            if prev is None or prev.rv != entry.rv:
+                changes.append((entry, prev))
+        changes.sort(key=lambda c: c[0].rv)  # type: ignore[union-attr]
+        changes.extend((None, self._items[k]) for k in in_scope if k not in fresh)
+        self.initial_list = initial
+        touched: set[str] = set()
+        for entry, prev in changes:
+            if entry is None:
+                self._remove(prev)  # type: ignore[arg-type]
+                touched.add(prev.namespace)  # type: ignore[union-attr]
             else:
-                self._put(event.entry, event.prev)
-            self.generation += 1
-            self._notify(event)
-        self._advance(feed, rv)
-        if self.initial_list:
-            self.initial_list = False
+                self._put(entry, prev)
+                touched.add(entry.namespace)
+            if initial:  # the initial state, notified object by object
+                self.generation += 1
+                self._notify(Event("ADDED", entry, None, entry.rv))  # type: ignore[arg-type]
+        self.initial_list = False
+        if initial:
+            self._ns_floor[feed] = rv
+            self.changed_rv = max(self.changed_rv, rv)
             self.sync_rv = max(self.sync_rv, rv)
+        elif changes:
+            self.generation += 1
+            self._changed(touched, rv)
+            self._notify(Relisted(rv, frozenset(touched)))
+        self._advance(feed, rv)
+        if initial:
             self._unsynced.discard(feed)
             if not self._unsynced:
                 self._synced_event.set()
-        return len(events)
+        return len(changes)
+
+    def _changed(self, namespaces: Iterable[str], rv: int) -> None:
+        self.changed_rv = max(self.changed_rv, rv)
+        for ns in namespaces:
+            self._ns_changed[ns] = rv
+        if len(self._ns_changed) > self._ns_limit:
+            self._sweep_namespaces()
+
+    def _sweep_namespaces(self) -> None:
+        """Forgets the versions of namespaces that hold no object, keeping their newest as
+        their feeds' floor: the dict stays bounded however many namespaces come and go."""
+        for ns, rv in list(self._ns_changed.items()):
+            lo, hi = key_range(self._keys, ns)
+            if lo == hi:
+                del self._ns_changed[ns]
+                feed = None if None in self._ns_floor else ns
+                if feed in self._ns_floor:
+                    self._ns_floor[feed] = max(self._ns_floor[feed], rv)
+        self._ns_limit = max(NAMESPACE_VERSIONS, 2 * len(self._ns_changed))
 
     def _put(self, entry: Entry, prev: Entry | None) -> None:
         key = entry.key
@@ -376,7 +446,7 @@ class Store:
                     if not by_value:
                         del self._index[k]
 
-    def _notify(self, event: Event) -> None:
+    def _notify(self, event: Event | Relisted) -> None:
         for listener in self._listeners:
             listener(event)
 

@@ -13,6 +13,23 @@ bound: the history is a ring limited in count and age, the queues in frames and 
 (frames are shared, but a lagging watcher pins the ones it has not sent, and one frame may
 be a 1.5 MB object), and a stream takes at most ``drain``'s budget out of its queue at once,
 so what waits in a stalled connection's write buffer is bounded too.
+
+Re-lists: when the Reflector had to list again (its watch got 410), the Store replaces its
+state and reports one ``Relisted`` instead of events. The difference of two lists is not
+history: updates in between are gone, and a deletion's version is unknown (any version up
+to the list's would be a guess, and several deletions would share it, so a client resuming
+from one would skip the others). So the Hub does what kube-apiserver's watch cache does: the
+history restarts at the list's version (a watch from an older one gets 410 Expired, "too old
+resource version"), and every live watcher that could have seen one of those changes (all
+namespaces, or a namespace the re-list changed) gets a 410 ERROR event and ends; its client
+lists again, from this cache, and watches from that list. Keeping such a watcher on would
+need a sequence with a distinct, true version per change, which the re-list cannot give.
+Watchers of namespaces the re-list did not change keep their streams: they missed nothing.
+
+Quiet scopes: a watch from a version older than the window is still served exactly when
+nothing in its namespace (or, for all namespaces, in the store) changed after that version:
+there is nothing to send. That is what lets a list of a quiet namespace carry the version of
+its last change (see Store.list_rv) without sending its client into a 410 loop.
 """
 
 from __future__ import annotations
@@ -21,13 +38,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import orjson
 
+from watchcache.listoptions import watch_too_old
 from watchcache.selectors import FieldSelector, LabelSelector
-from watchcache.store import Entry, Event, Store, matches
+from watchcache.store import Entry, Event, Relisted, Store, matches
 
 
 class WatchEvent:
@@ -150,6 +168,19 @@ class Watcher:
         self.ended = True
         self._wake.set()
 
+    def poke(self) -> None:
+        """Wakes the stream's coroutine with nothing queued (to watch a write in flight)."""
+        self._wake.set()
+
+    def expire(self, frame: bytes) -> None:
+        """Ends the watch after ``frame`` (an ERROR event), queued past every bound: it is
+        the last thing the client must read."""
+        if self.ended:
+            return
+        self.frames.append(frame)
+        self.queued_bytes += len(frame)
+        self.end()
+
     def drain(self, budget: int) -> list[bytes]:
         """Frames from the head of the queue, about ``budget`` bytes of them (at least one)."""
         out: list[bytes] = []
@@ -165,7 +196,8 @@ class Watcher:
         return out
 
     async def wait(self, timeout: float | None) -> None:
-        if self.frames or self.ended:
+        if self.frames or self.ended or self._wake.is_set():
+            self._wake.clear()
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout)
@@ -204,11 +236,16 @@ class Hub:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self.ended_slow = 0  # watchers ended because they fell behind
+        self.ended_relist = 0  # watchers ended with 410 because an upstream re-list broke history
+        self.relists = 0
         self.events = 0
         self.store.subscribe(self._on_event)
 
-    def _on_event(self, event: Event) -> None:
+    def _on_event(self, event: Event | Relisted) -> None:
         """Called by the Store inside its change step: no await, nothing here may block."""
+        if isinstance(event, Relisted):
+            self._on_relist(event)
+            return
         wev = WatchEvent(event)
         now = self.clock()
         if not self.store.initial_list:  # a first list is the window's start, not history
@@ -222,6 +259,20 @@ class Hub:
                 if watcher.overflowed:
                     self.ended_slow += 1
 
+    def _on_relist(self, relist: Relisted) -> None:
+        """History breaks at ``relist.rv`` (see the module docstring)."""
+        self.relists += 1
+        self.history.clear()
+        self.window_start = max(self.window_start, relist.rv)
+        for watcher in list(self.watchers):
+            ns = watcher.filter.namespace
+            if ns is not None and ns not in relist.namespaces:
+                continue  # nothing it may see changed: its sequence is still exact
+            status = watch_too_old(watcher.rv, relist.rv + 1)
+            watcher.expire(b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n")
+            self.watchers.discard(watcher)
+            self.ended_relist += 1
+
     def _trim(self, now: float) -> None:
         limits = self.limits
         while self.history and (
@@ -234,14 +285,19 @@ class Hub:
         """The lowest version a watch can resume from."""
         return max(self.window_start, self.store.sync_rv)
 
-    def since(self, rv: int) -> Iterator[WatchEvent]:
-        """Every event after ``rv``; TooOld when the window no longer reaches back to it."""
+    def since(self, rv: int, namespace: str | None = None) -> list[WatchEvent]:
+        """Every event after ``rv`` (of ``namespace``, or all); TooOld when the window no
+        longer reaches back to ``rv`` and something in that scope changed after it."""
         oldest = self.oldest()
         if rv < oldest:
+            if self.store.changed_at(namespace) <= rv:
+                return []  # a quiet scope: nothing changed after rv, nothing to send
             raise TooOld(rv, oldest)
-        for _, wev in self.history:
-            if wev.rv > rv:
-                yield wev
+        return [
+            wev
+            for _, wev in self.history
+            if wev.rv > rv and (namespace is None or wev.event.entry.namespace == namespace)
+        ]
 
     def watcher(self, filter_: Filter) -> Watcher:
         """A new watcher with this hub's queue bounds; ``add`` starts its delivery."""

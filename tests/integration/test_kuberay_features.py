@@ -24,7 +24,6 @@ import yaml
 from watchclient import WatchStream, is_initial_events_end
 
 from watchcache.controlplane import ControlPlane
-from watchcache.middleware.templates import FIELDS
 
 if TYPE_CHECKING:
     from conftest import Proxy
@@ -124,12 +123,31 @@ def templates(cached: Proxy, controlplane: ControlPlane) -> dict[str, dict[str, 
     return out
 
 
+def v1_answer(tpl: dict[str, Any]) -> dict[str, Any]:
+    """The template as KubeRay's APIServer answers it: lowerCamelCase, empty fields left out."""
+    out = {
+        "name": tpl["name"],
+        "namespace": tpl["namespace"],
+        "cpu": tpl["cpu"],
+        "memory": tpl["memory"],
+        "gpu": tpl["gpu"],
+        "gpuAccelerator": tpl["gpu_accelerator"],
+        "tolerations": tpl["tolerations"],
+        "extendedResources": tpl["extended_resources"],
+        "memoryUnit": tpl["memory_unit"],
+    }
+    return {k: v for k, v in out.items() if v}
+
+
 def test_template_created_through_v1_endpoint_is_a_labelled_configmap(
     templates: dict[str, dict[str, Any]], controlplane: ControlPlane
 ) -> None:
-    assert templates["gpu-small"] == GPU_TEMPLATE
+    assert templates["gpu-small"] == v1_answer(GPU_TEMPLATE)
     cm = kube_json(controlplane, "GET", f"/api/v1/namespaces/{NS}/configmaps/gpu-small")
-    assert cm["metadata"]["labels"] == {"ray.io/config-type": "compute-template"}
+    assert cm["metadata"]["labels"] == {
+        "ray.io/config-type": "compute-template",
+        "ray.io/compute-template": "gpu-small",
+    }
     assert cm["data"] == {
         "name": "gpu-small",
         "namespace": NS,
@@ -147,22 +165,24 @@ def test_template_get_and_lists_answer_the_v1_shape(
     cached: Proxy, templates: dict[str, dict[str, Any]]
 ) -> None:
     code, got = cached.json("GET", f"{TEMPLATES}/gpu-small")
-    assert (code, got) == (200, GPU_TEMPLATE)
-    assert list(got) == list(FIELDS)
+    assert (code, got) == (200, v1_answer(GPU_TEMPLATE))
     for path in (TEMPLATES, "/apis/v1/compute_templates"):
         code, listed = cached.json("GET", path)
         assert code == 200
-        assert list(listed) == ["compute_templates"]
-        mine = {t["name"]: t for t in listed["compute_templates"] if t["namespace"] == NS}
-        assert (mine["gpu-small"], mine["cpu-large"]) == (GPU_TEMPLATE, PLAIN_TEMPLATE)
+        assert list(listed) == ["computeTemplates"]
+        mine = {t["name"]: t for t in listed["computeTemplates"] if t["namespace"] == NS}
+        assert (mine["gpu-small"], mine["cpu-large"]) == (
+            v1_answer(GPU_TEMPLATE),
+            v1_answer(PLAIN_TEMPLATE),
+        )
 
 
 def test_missing_template_is_404_on_get_and_delete(cached: Proxy, templates: object) -> None:
     for method in ("GET", "DELETE"):
         code, status = cached.json(method, f"{TEMPLATES}/no-such-template")
         assert code == 404, status
-        assert status["kind"] == "Status" and status["reason"] == "NotFound"
-        assert '"no-such-template"' in status["message"]
+        assert set(status) == {"code", "message"} and status["code"] == 5  # gRPC NotFound
+        assert "Compute template no-such-template not found" in status["message"]
 
 
 def test_template_delete_removes_its_configmap(cached: Proxy, controlplane: ControlPlane) -> None:
@@ -176,12 +196,12 @@ def test_template_delete_removes_its_configmap(cached: Proxy, controlplane: Cont
     assert cached.json("GET", f"{TEMPLATES}/short-lived")[0] == 404
 
 
-def test_template_with_an_existing_name_is_refused_by_the_api_server(
+def test_template_with_an_existing_name_is_409_already_exists(
     cached: Proxy, templates: object
 ) -> None:
     code, status = cached.json("POST", TEMPLATES, GPU_TEMPLATE)
     assert code == 409, status
-    assert status["reason"] == "AlreadyExists"
+    assert status["code"] == 6  # gRPC AlreadyExists
 
 
 def test_configmap_labelled_in_kube_is_served_as_a_template(
@@ -202,7 +222,7 @@ def test_configmap_labelled_in_kube_is_served_as_a_template(
         },
     )
     _, got = poll(lambda: cached.json("GET", f"{TEMPLATES}/made-by-kubectl"), lambda a: a[0] == 200)
-    assert (got["cpu"], got["memory"], got["gpu"], got["tolerations"]) == (1, 2, 0, [])
+    assert got == {"name": "made-by-kubectl", "namespace": NS, "cpu": 1, "memory": 2}
 
 
 def group(main: str, template: str | None, **extra: Any) -> dict[str, Any]:

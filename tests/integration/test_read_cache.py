@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import differential
 import pytest
 from differential import Case
+from watchclient import WatchStream
 
 from watchcache.controlplane import ControlPlane
 from watchcache.testing import population
@@ -27,12 +29,14 @@ if TYPE_CHECKING:
 API = "/apis/ray.io/v1"
 NAMESPACES = ("wc-cache-a", "wc-cache-b")
 PLAN = population.plan(120, NAMESPACES, seed=31)
-CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS = (
+CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS, PAGE_NS = (
     "wc-cache-crud",
     "wc-cache-etag",
     "wc-cache-etag-other",
     "wc-cache-restart",
+    "wc-cache-page",
 )
+QUIET_NS, BUSY_NS = "wc-cache-quiet", "wc-cache-busy"
 MERGE = "application/merge-patch+json"
 
 
@@ -42,11 +46,14 @@ def cache_population(controlplane: ControlPlane, cached: Proxy) -> Iterator[list
     stored = population.populate(
         controlplane.request, [population.build(p, controlplane.samples_dir) for p in PLAN]
     )
-    population.ensure_namespaces(controlplane.request, (CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS))
+    population.ensure_namespaces(
+        controlplane.request, (CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS, PAGE_NS)
+    )
     differential.wait_for_same_state(differential.proxy(cached), differential.kube(controlplane))
     yield stored
     population.delete_all(
-        controlplane.request, (*NAMESPACES, CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS)
+        controlplane.request,
+        (*NAMESPACES, CRUD_NS, ETAG_NS, OTHER_NS, RESTART_NS, PAGE_NS, QUIET_NS, BUSY_NS),
     )
 
 
@@ -310,6 +317,98 @@ def test_list_etag_gives_304_until_something_in_that_list_changes(
     assert code == 200
     assert header(headers, "ETag") not in (None, etag)
     assert [i["metadata"]["name"] for i in json.loads(body)["items"]] == ["etag-0", "etag-1"]
+
+
+def test_list_answers_forbid_shared_caches_as_kube_apiserver_does(
+    cached: Proxy, cache_population: list[dict[str, Any]]
+) -> None:
+    for path in (
+        ns_path("rayclusters", NAMESPACES[0]),
+        population.object_path(cache_population[0]),
+    ):
+        _, headers, _ = cached.request("GET", path)
+        assert header(headers, "Cache-Control") == "no-cache, private", (path, headers)
+
+
+def test_a_page_reread_after_an_insert_is_200_with_the_new_remaining_count(
+    cached: Proxy, controlplane: ControlPlane, cache_population: list[dict[str, Any]]
+) -> None:
+    samples = controlplane.samples_dir
+    path = ns_path("rayclusters", PAGE_NS)
+    for n in range(4):
+        population.create(controlplane.request, cluster(samples, f"page-{n}", PAGE_NS, {}))
+    wait_for_list(cached, controlplane, path)
+    first = path + "?limit=2"
+    code, headers, body = cached.request("GET", first)
+    etag = header(headers, "ETag")
+    assert code == 200 and etag
+    assert json.loads(body)["metadata"]["remainingItemCount"] == 2
+    assert cached.request("GET", first, headers={"If-None-Match": etag})[0] == 304
+
+    population.create(controlplane.request, cluster(samples, "page-9", PAGE_NS, {}))
+    code, headers, body = until_modified(
+        lambda: cached.request("GET", first, headers={"If-None-Match": etag}),
+        "a 200 for the first page after an insert",
+    )
+    meta = json.loads(body)["metadata"]
+    assert code == 200 and meta["remainingItemCount"] == 3, meta
+    # The token of the new first page walks the new list.
+    cont = urllib.parse.quote(meta["continue"])
+    code, _, body = cached.request("GET", f"{path}?limit=10&continue={cont}")
+    assert code == 200
+    assert [i["metadata"]["name"] for i in json.loads(body)["items"]] == [
+        "page-2",
+        "page-3",
+        "page-9",
+    ]
+
+
+def test_a_quiet_namespace_polls_304_and_its_list_then_watch_never_gets_410(
+    proxy_factory: Callable[..., Proxy], controlplane: ControlPlane
+) -> None:
+    """A short watch window (2 s) while another namespace changes for three times as long:
+    the quiet namespace's list keeps its version (and ETag), and a watch from that version
+    is served, although the window has long passed it."""
+    samples = controlplane.samples_dir
+    population.ensure_namespaces(controlplane.request, (QUIET_NS, BUSY_NS))
+    population.create(controlplane.request, cluster(samples, "quiet-0", QUIET_NS, {}))
+    population.create(controlplane.request, cluster(samples, "busy-0", BUSY_NS, {}))
+    proxy = proxy_factory("--watch-history-seconds", "2")
+    quiet, busy = ns_path("rayclusters", QUIET_NS), ns_path("rayclusters", BUSY_NS)
+    wait_for_list(proxy, controlplane, quiet)
+    code, headers, body = proxy.request("GET", quiet)
+    etag, listed_rv = header(headers, "ETag"), json.loads(body)["metadata"]["resourceVersion"]
+    assert code == 200 and etag
+
+    polls: list[int] = []
+    for round_ in range(12):  # the busy namespace changes every 0.5 s: 6 s, 3 windows
+        kube_json(
+            controlplane,
+            "PATCH",
+            f"{busy}/busy-0",
+            {"metadata": {"annotations": {"round": str(round_)}}},
+            content_type=MERGE,
+        )
+        code, headers, body = proxy.request("GET", quiet, headers={"If-None-Match": etag})
+        polls.append(code)
+        assert code == 304, (code, body[:300])
+        watch = f"{quiet}?watch=true&resourceVersion={listed_rv}&timeoutSeconds=1"
+        stream = WatchStream(proxy.base, watch)
+        try:
+            events = stream.read_to_end(timeout=30)
+        finally:
+            stream.close()
+        assert events == [], events  # served, and nothing changed: no event, no 410
+        time.sleep(0.5)
+    # The window did move past the quiet namespace's version: where something changed
+    # after it, a watch from it is too old.
+    stream = WatchStream(proxy.base, f"{busy}?watch=true&resourceVersion={listed_rv}")
+    try:
+        event = stream.next(30)
+    finally:
+        stream.close()
+    assert event is not None and event["type"] == "ERROR" and event["object"]["code"] == 410
+    assert polls == [304] * 12
 
 
 def test_get_etag_gives_304_until_the_object_changes(

@@ -11,7 +11,7 @@ import pytest
 
 from watchcache.config import RAY_RESOURCES
 from watchcache.reflector import Backoff, Reflector
-from watchcache.store import Store
+from watchcache.store import Relisted, Store
 from watchcache.upstream import Response
 
 
@@ -80,7 +80,7 @@ def test_pages_are_listed_then_watched_from_the_lists_version_and_resumed() -> N
     assert reflector.lists == 1
 
 
-def test_a_410_error_event_leads_to_a_new_list_whose_difference_is_applied() -> None:
+def test_a_410_error_event_leads_to_a_new_list_that_replaces_the_state() -> None:
     gone = {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
     upstream = FakeUpstream(
         pages=[
@@ -90,12 +90,13 @@ def test_a_410_error_event_leads_to_a_new_list_whose_difference_is_applied() -> 
         watches=[[gone]],
     )
     store = Store()
-    seen: list[tuple[str, str]] = []
-    store.subscribe(lambda e: seen.append((e.type, e.entry.name)))
+    seen: list[object] = []
+    store.subscribe(seen.append)
     reflector = Reflector(RAY_RESOURCES[0], upstream, store, sleep=no_sleep)  # type: ignore[arg-type]
     run(reflector)
     assert reflector.lists == 2
-    assert seen[-2:] == [("ADDED", "c"), ("DELETED", "b")]
+    assert seen[-1] == Relisted(40, frozenset({"ns"}))
+    assert [e.name for e in store.entries()] == ["a", "c"]
     assert store.rv == 40
 
 

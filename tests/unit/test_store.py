@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from watchcache.selectors import parse_field_selector, parse_label_selector
-from watchcache.store import Event, Store
+from watchcache.store import NAMESPACE_VERSIONS, Event, Relisted, Store
 
 
 def obj(ns: str, name: str, rv: int, **labels: str) -> dict:
@@ -64,16 +64,47 @@ def test_label_change_moves_an_object_between_index_buckets(store: Store) -> Non
     assert names(select(store, labels="app=b")) == []
 
 
-def test_relist_difference_becomes_ordered_events(store: Store) -> None:
-    seen: list[Event] = []
+def test_relist_replaces_the_state_and_reports_one_break_not_made_up_events(
+    store: Store,
+) -> None:
+    seen: list[Event | Relisted] = []
     store.subscribe(seen.append)
     store.replace([obj("a", "y", 4, app="a"), obj("a", "z", 12), obj("c", "new", 11)], 20)
-    assert [(e.type, e.entry.name, e.rv) for e in seen] == [
-        ("ADDED", "new", 11),
-        ("MODIFIED", "z", 12),
-        ("DELETED", "x", 20),
-    ]
+    assert seen == [Relisted(20, frozenset({"a", "b", "c"}))]
+    assert names(select(store)) == [("a", "y"), ("a", "z"), ("c", "new")]
     assert store.rv == 20
+    assert store.changed_at("b") == 20  # the deletion happened at some version up to 20
+
+
+def test_relist_that_finds_nothing_changed_is_only_a_newer_version(store: Store) -> None:
+    seen: list[Event | Relisted] = []
+    store.subscribe(seen.append)
+    store.replace(list(store.entries()), 30)
+    assert seen == []
+    assert (store.rv, store.changed_at(None), store.changed_at("a")) == (30, 10, 10)
+
+
+def test_a_quiet_namespace_keeps_the_version_of_its_last_change(store: Store) -> None:
+    store.apply("MODIFIED", obj("b", "x", 12))
+    store.bookmark(40)
+    assert store.list_rv("a") == 10  # unchanged since the first list
+    assert store.list_rv("b") == 12
+    assert store.list_rv(None) == 12
+    assert store.list_rv("never-seen") == 10
+    store.apply("DELETED", obj("a", "y", 41))
+    assert store.list_rv("a") == 41
+
+
+def test_versions_of_emptied_namespaces_are_swept_into_a_floor() -> None:
+    s = Store()
+    s.replace([], 1)
+    for i in range(NAMESPACE_VERSIONS + 1):
+        s.apply("ADDED", obj(f"ns{i}", "x", 2 * i + 2))
+        s.apply("DELETED", obj(f"ns{i}", "x", 2 * i + 3))
+    assert len(s._ns_changed) <= NAMESPACE_VERSIONS
+    # A swept namespace answers with a version at which it is known to be unchanged.
+    assert s.changed_at("ns0") >= 3
+    assert s.changed_at("ns0") <= s.rv
 
 
 def test_snapshot_is_unaffected_by_later_changes(store: Store) -> None:

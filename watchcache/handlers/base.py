@@ -186,6 +186,8 @@ class BaseHandler(web.RequestHandler):
 
     def set_default_headers(self) -> None:
         self.clear_header("Server")
+        # As kube-apiserver sends on every answer: no shared cache may keep a user's reply.
+        self.set_header("Cache-Control", "no-cache, private")
         # Set here, not only by the CORS middleware: a stream's headers leave before any
         # middleware sees its response.
         origin = self.runtime.settings.cors_allow_origin if hasattr(self, "runtime") else None

@@ -100,6 +100,7 @@ class _Relay:
         h = self.handler
         h.set_status(code, reason or httputil.responses.get(code, "Unknown"))
         h.clear_header("Content-Type")
+        h.clear_header("Cache-Control")  # the upstream's own, if any, is relayed below
         for name, value in headers.get_all():
             if name.lower() not in DROP_RESPONSE_HEADERS:
                 h.add_header(name, value)

@@ -1,8 +1,13 @@
 """GET and LIST of a cached resource, answered from its Store with no upstream call.
 
 A list body is assembled from stored bytes: a prefix, the matching items' JSON joined with
-commas, a suffix. Rendered bodies (and their gzip form) are kept per request until the store
-changes, so a dashboard polling an unchanged list costs a dictionary lookup. Requests the
+commas, a suffix. A list of the live state carries the version of its scope's last change
+(Store.list_rv), so its body is the same for as long as its namespace is quiet, however the
+rest of the store changes. Rendered bodies (and their gzip form) are kept, in one byte budget
+for the server, by what shapes the body (never by other query parameters) and are valid while
+that version holds; so a dashboard polling an unchanged list costs a dictionary lookup. An
+ETag covers the whole body (items, version, continue token, remaining count): a 304 always
+means the client's copy is exactly the current answer. Requests the
 cache cannot answer to the letter (a resourceVersion it has not reached, an Exact version it
 no longer holds, another server's continue token) are passed through to the API server,
 which then answers exactly as it would have.
@@ -46,6 +51,23 @@ log = logging.getLogger(__name__)
 # Kubernetes compresses responses larger than this when the client accepts gzip.
 GZIP_THRESHOLD = 128 * 1024
 ALLOWED_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
+# The query parameters that shape a list body; the render cache keys on them alone, so that
+# junk parameters cannot fill it with copies.
+BODY_PARAMS = (
+    "labelSelector",
+    "fieldSelector",
+    "limit",
+    "continue",
+    "resourceVersion",
+    "resourceVersionMatch",
+    "pretty",
+)
+RenderKey = tuple[object, ...]
+
+
+def render_cache(max_bytes: int) -> LRUCache[RenderKey, Rendered]:
+    """The server's one cache of rendered list bodies, bounded by their bytes, gzip included."""
+    return LRUCache(maxsize=max_bytes, getsizeof=lambda r: r.size)
 
 
 @dataclass(slots=True)
@@ -56,7 +78,7 @@ class CachedResource:
     store: Store
     hub: Hub
     codec: ContinueCodec
-    renders: LRUCache[tuple[str | None, str], Rendered]
+    renders: LRUCache[RenderKey, Rendered]
     # How long a read waits for the first sync, and for a requested resourceVersion.
     sync_wait: float = 3.0
     rv_wait: float = 0.5
@@ -64,6 +86,8 @@ class CachedResource:
     # A watch without timeoutSeconds ends after 1-2x this many seconds, as the API server's do.
     watch_timeout: float = 1800.0
     bookmark_interval: float = 60.0
+    # A watch client that has not taken a write for this long is cut off.
+    stall_timeout: float = 30.0
     # How long a write's answer may wait for the cache to show it (read-your-writes).
     write_wait: float = 5.0
     write_wait_timeouts: int = 0
@@ -71,17 +95,25 @@ class CachedResource:
 
 @dataclass(slots=True)
 class Rendered:
-    generation: int
-    rv: int
+    state: tuple[int, int]  # what the body was rendered from: see ResourceHandler._list
     etag: str
     body: bytes
     gzipped: bytes | None = None
 
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.gzipped or b"")
 
-def _etag(entries: list[Entry], salt: bytes) -> str:
-    """Weak: two bodies with this tag hold the same items, though the list's own
-    resourceVersion may differ."""
+
+def _etag(
+    salt: bytes, rv: int, token: str | None, remaining: int | None, entries: list[Entry]
+) -> str:
+    """A tag of everything in a list body: what shaped it (the salt: resource, namespace,
+    the body's query parameters), its version, continue token and remaining count, and its
+    items (an object's version identifies its bytes). Weak only because the gzip form of
+    the same body shares it."""
     digest = hashlib.blake2b(salt, digest_size=12)
+    digest.update(f"\x00{rv}\x00{token or ''}\x00{remaining}\x00".encode())
     digest.update(array("q", [e.rv for e in entries]).tobytes())
     return f'W/"{digest.hexdigest()}"'
 
@@ -237,7 +269,7 @@ class ResourceHandler(PassThroughHandler):
         if self.table is not None:
             send_table(self, self.table, [entry.raw], list_meta(entry.rv))
             return
-        etag = f'"{entry.rv}"'
+        etag = self._form_tag(f'"{entry.rv}"')
         self.set_header("ETag", etag)
         if self._not_modified(etag):
             return
@@ -253,6 +285,9 @@ class ResourceHandler(PassThroughHandler):
         limit = 0 if rv_text == "0" else opts.limit  # rv "0": the whole list, always
         start: Key | None = None
         snap: Snapshot | None = None
+        if opts.continue_at is not None:
+            await self._forward()  # the API server's own token: a walk it started
+            return
         if opts.continue_token:
             decoded = res.codec.decode(opts.continue_token)
             snap = store.retained(decoded[0]) if decoded else None
@@ -273,14 +308,31 @@ class ResourceHandler(PassThroughHandler):
                     await self._forward()  # etcd still has it, or gives the 410
                     return
         if snap is None and not limit:
-            rv = store.rv
+            # The live items, at the version of their scope's last change (or the one asked
+            # for, at which they are the same). With a feed per namespace, an all-namespaces
+            # list may be answered at the store's version while a feed lags: then the items
+            # are not pinned by the version alone, and the render is also tied to the
+            # store's generation.
+            rv = store.list_rv(namespace)
+            exact = namespace is not None or store.changed_rv <= store.rv
+            if rv_text not in ("", "0"):
+                rv = max(rv, resource_version_int(rv_text))
             self._send_list(
                 namespace,
                 lambda: store.select(namespace, opts.label_selector, opts.field_selector),
                 rv,
+                state=(rv, -1 if exact else store.generation),
             )
             return
-        self._send_page(namespace, opts, snap or store.snapshot(), start, limit)
+        self._send_page(namespace, opts, snap or self._live_snapshot(), start, limit)
+
+    def _live_snapshot(self) -> Snapshot:
+        """The current items for a first page: retained at the version of the store's last
+        change while nothing changed since, so that re-reading a quiet store's first page
+        gives the same body (and token)."""
+        store = self.resource.store
+        changed = store.changed_rv
+        return store.snapshot(as_rv=changed if changed <= store.rv else None)
 
     def _state_at(self, rv: int) -> Snapshot | None:
         """The items exactly at ``rv``: a retained snapshot, or the current state when the
@@ -290,7 +342,7 @@ class ResourceHandler(PassThroughHandler):
         if snap is not None:
             return snap
         try:
-            changed = next(hub.since(rv), None) is not None
+            changed = bool(hub.since(rv))
         except TooOld:
             return None
         return None if changed else store.snapshot(as_rv=rv)
@@ -337,32 +389,51 @@ class ResourceHandler(PassThroughHandler):
         rv: int,
         token: str | None = None,
         remaining: int | None = None,
+        *,
+        state: tuple[int, int] | None = None,
     ) -> None:
-        """Sends a list body, rendered once per (request, store state) and reused."""
+        """Sends a list body. One of the live state (``state`` given: what it was rendered
+        from) is rendered once and reused while that state holds; a page is rendered each
+        time (its items come from a retained snapshot, cheap to join again)."""
         if self.table is not None:
             send_table(self, self.table, [e.raw for e in select()], list_meta(rv, token, remaining))
             return
         res = self.resource
-        key = (namespace, self.request.query)
-        cached = res.renders.get(key)
-        store = res.store
-        if cached is not None and (cached.generation, cached.rv) == (store.generation, rv):
+        query = self.query
+        key: RenderKey = (
+            res.spec.group,
+            res.spec.plural,
+            namespace,
+            *(tuple(query[p]) if p in query else None for p in BODY_PARAMS),
+        )
+        cached = res.renders.get(key) if state is not None else None
+        if cached is not None and cached.state == state:
             etag = cached.etag
         else:
             entries = select()
-            etag = _etag(entries, (self.request.query + "\x00" + (namespace or "")).encode())
+            etag = _etag(repr(key).encode(), rv, token, remaining, entries)
             cached = None
+        etag = self._form_tag(etag)
         self.set_header("ETag", etag)
         if self._not_modified(etag):
             return
         if cached is None:
             body = go_escape(list_body(res.spec, entries, rv, token, remaining))
-            cached = Rendered(store.generation, rv, etag, body)
-            if token is None and len(body) <= res.renders.maxsize // 4:
+            cached = Rendered(state or (rv, -2), etag, body)
+            if state is not None and len(body) <= res.renders.maxsize // 4:
                 res.renders[key] = cached  # bounded in bytes: a huge body is not kept
-        self._send_json(cached.body, cached)
+        self._send_json(cached.body, cached, key)
 
     # ---- responses -------------------------------------------------------------------------
+    def _pretty(self) -> bool:
+        headers = self.request.headers
+        return wants_pretty(self.query, headers.get("User-Agent"), headers.get("Accept"))
+
+    def _form_tag(self, etag: str) -> str:
+        """The tag of the form this request gets: an indented body is other bytes than the
+        compact one, so it has a tag of its own (a 304 means "the very bytes you hold")."""
+        return etag[:-1] + '-pretty"' if self._pretty() else etag
+
     def _not_modified(self, etag: str) -> bool:
         tags = self.request.headers.get("If-None-Match")
         if tags and (tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))):
@@ -371,14 +442,15 @@ class ResourceHandler(PassThroughHandler):
             return True
         return False
 
-    def _send_json(self, body: bytes, rendered: Rendered | None = None) -> None:
+    def _send_json(
+        self, body: bytes, rendered: Rendered | None = None, key: RenderKey | None = None
+    ) -> None:
         """Sends a compact body as the API server writes it (escaped as Go escapes, with a
         final newline), or indented when the request asks (``pretty``, a human's user
         agent). The indented form is made per request from the compact one and never kept:
         the render cache holds compact bodies only."""
-        headers = self.request.headers
-        if wants_pretty(self.query, headers.get("User-Agent"), headers.get("Accept")):
-            body, rendered = go_indent(body), None
+        if self._pretty():
+            body, rendered, key = go_indent(body), None, None
         self.set_header("Content-Type", "application/json")
         if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
             if rendered is not None and rendered.gzipped is not None:
@@ -387,6 +459,9 @@ class ResourceHandler(PassThroughHandler):
                 body = gzip.compress(body, compresslevel=1)
                 if rendered is not None:
                     rendered.gzipped = body
+                    renders = self.resource.renders
+                    if key is not None and renders.get(key) is rendered:
+                        renders[key] = rendered  # counted again, with its gzip form
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)

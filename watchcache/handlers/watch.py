@@ -6,13 +6,21 @@ idle watcher's socket buffer inside the Hub's fan-out step, with no coroutine wa
 watcher whose stream is still busy gets its frames queued instead, and its coroutine writes
 them with ``await``: that wait is the backpressure. When the bounded queue fills, the Hub
 ends the watch.
+
+A client that stops reading is cut off whether or not more events come: every write it has
+not taken within ``stall_timeout`` seconds (the initial events, a bookmark, a queued batch,
+or a fast-path frame left in the socket's buffer) ends its connection. So what a stalled
+watcher pins is bounded by time as well as by its queue: its initial events are built from
+the shared entries one write budget at a time, never copied whole per watcher.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING
 
 import orjson
@@ -45,7 +53,7 @@ async def serve_watch(
     watcher.on_overflow = handler.request.connection.close  # type: ignore[union-attr]
     handler.watcher = watcher
     rv_text = opts.resource_version or ""
-    initial: list[bytes] = []
+    initial: Iterator[bytes] = iter(())
     initial_end: int | None = None
 
     start_from_state = opts.send_initial_events is True or (
@@ -66,8 +74,8 @@ async def serve_watch(
     # From here to hub.add there is no await: the state copied and the events that follow
     # it join without a gap or an overlap.
     if start_from_state:
-        for entry in store.select(namespace, opts.label_selector, opts.field_selector):
-            initial.append(b'{"type":"ADDED","object":' + entry.raw + b"}\n")
+        entries = store.select(namespace, opts.label_selector, opts.field_selector)
+        initial = (b'{"type":"ADDED","object":' + e.raw + b"}\n" for e in entries)
         watcher.rv = store.rv
         if opts.is_list_watch:
             initial_end = store.rv
@@ -75,10 +83,8 @@ async def serve_watch(
         watcher.rv = store.rv
     else:
         try:
-            for wev in hub.since(wanted):
-                frame = filter_.frame(wev)
-                if frame is not None:
-                    initial.append(frame)
+            frames = [f for wev in hub.since(wanted, namespace) if (f := filter_.frame(wev))]
+            initial = iter(frames)
             # A version the cache has not reached is no error: events up to it are skipped.
             watcher.rv = max(store.rv, wanted)
             watcher.skip_until = wanted
@@ -91,19 +97,25 @@ async def serve_watch(
             return
     hub.add(watcher)
 
+    stall = resource.stall_timeout
     try:
         await _start_stream(handler)
-        await _write_initial(handler, initial, watcher)
+        await _write_initial(handler, initial, watcher, stall)
         if watcher.ended:
             return  # shut down (or gone) before the initial events were all sent
         if initial_end is not None:
             handler.write(bookmark_frame(resource, initial_end, initial_end=True))
-            await handler.flush()
-        writer = _BodyWriter(handler)
+            await _within(handler.flush(), stall)
+        writer = _BodyWriter(handler, watcher)
         watcher.direct = writer.try_write
         await _stream(writer, resource, watcher, opts)
     except iostream.StreamClosedError:
         pass  # the client went away: a normal end
+    except TimeoutError:
+        # It stopped reading: close the connection, since a write it never takes would
+        # never finish, and what it pins is freed only then.
+        hub.ended_slow += 1
+        handler.request.connection.close()  # type: ignore[union-attr]
     finally:
         try:
             if not handler._finished:
@@ -121,31 +133,46 @@ async def _start_stream(handler: ResourceHandler) -> None:
     await handler.flush()
 
 
-async def _write_initial(handler: ResourceHandler, frames: list[bytes], watcher: Watcher) -> None:
-    """Writes about WRITE_BUDGET bytes per flush, so that a stream that is ended mid-way (on
-    shutdown) has little in flight, and stops as soon as the watch is ended."""
+async def _within(write: Awaitable[None], stall: float) -> None:
+    """A write the client must take within ``stall`` seconds (TimeoutError otherwise)."""
+    await asyncio.wait_for(write, stall)
+
+
+async def _write_initial(
+    handler: ResourceHandler, frames: Iterator[bytes], watcher: Watcher, stall: float
+) -> None:
+    """Writes about WRITE_BUDGET bytes per flush, building each batch only when the last one
+    is out, so that a stalled or ended stream holds little, and stops as soon as the watch
+    is ended."""
     batch: list[bytes] = []
     size = 0
-    for i, frame in enumerate(frames):
+    for frame in frames:
         batch.append(frame)
         size += len(frame)
-        if size >= WRITE_BUDGET or i == len(frames) - 1:
+        if size >= WRITE_BUDGET:
             handler.write(b"".join(batch))
-            await handler.flush()
+            await _within(handler.flush(), stall)
             if watcher.ended:
                 return
             batch, size = [], 0
+    if batch:
+        handler.write(b"".join(batch))
+        await _within(handler.flush(), stall)
 
 
 class _BodyWriter:
     """Writes body bytes to the connection's stream, chunk-framed as tornado would."""
 
-    def __init__(self, handler: ResourceHandler) -> None:
+    def __init__(self, handler: ResourceHandler, watcher: Watcher) -> None:
         conn = handler.request.connection
         self.stream: iostream.IOStream = conn.stream  # type: ignore[union-attr]
         # HTTP/1.0 clients get the raw body, ended by closing the connection.
         self.chunked: bool = getattr(conn, "_chunking_output", True)
         self.busy = False
+        self.watcher = watcher
+        # A fast-path write the socket did not take at once: the coroutine must see it
+        # finish within the stall bound, even if no other event ever comes.
+        self.pending: asyncio.Future[None] | None = None
 
     def _framed(self, data: bytes) -> bytes:
         return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
@@ -154,13 +181,23 @@ class _BodyWriter:
         """The fast path: only onto an idle stream, so nothing can overtake a queued frame."""
         if self.busy or self.stream.closed() or self.stream.writing():
             return False
-        self.stream.write(self._framed(frame)).add_done_callback(_ignore_closed)
+        done = self.stream.write(self._framed(frame))
+        done.add_done_callback(_ignore_closed)
+        if not done.done():
+            self.pending = done  # type: ignore[assignment]
+            self.watcher.poke()
         return True
 
-    async def write(self, data: bytes) -> None:
+    async def settle(self, stall: float) -> None:
+        """Waits, bounded, for a fast-path write still in the socket's buffer."""
+        pending, self.pending = self.pending, None
+        if pending is not None and not pending.done():
+            await _within(asyncio.shield(pending), stall)
+
+    async def write(self, data: bytes, stall: float) -> None:
         self.busy = True
         try:
-            await self.stream.write(self._framed(data))
+            await _within(self.stream.write(self._framed(data)), stall)
         finally:
             self.busy = False
 
@@ -179,13 +216,15 @@ async def _stream(
     timeout = opts.timeout_seconds or resource.watch_timeout * (1 + random.random())
     deadline = now() + timeout
     interval = resource.bookmark_interval
+    stall = resource.stall_timeout
     next_bookmark = now() + interval * (0.75 + random.random() / 2)
     while True:
         wait_until = min(deadline, next_bookmark) if opts.allow_watch_bookmarks else deadline
         await watcher.wait(max(0.0, wait_until - now()))
+        await writer.settle(stall)
         frames = watcher.drain(WRITE_BUDGET)
         if frames:
-            await writer.write(b"".join(frames))
+            await writer.write(b"".join(frames), stall)
         if watcher.ended and not watcher.frames:  # ended on shutdown: what was queued is sent
             return
         t = now()
@@ -198,7 +237,7 @@ async def _stream(
             # before it advances), and the queue is empty: this bookmark cannot overtake one.
             if store.rv > watcher.rv or t >= deadline:
                 watcher.rv = max(watcher.rv, store.rv)
-                await writer.write(bookmark_frame(resource, watcher.rv))
+                await writer.write(bookmark_frame(resource, watcher.rv), stall)
             next_bookmark = t + interval
         if t >= deadline:
             return

@@ -1,30 +1,38 @@
 """Compute templates, compatible with the KubeRay APIServer.
 
 A template is a ConfigMap labelled ``ray.io/config-type: compute-template`` (kept in a
-cache of its own). A Ray resource created or replaced with ``computeTemplate: NAME`` in its
-head group or a worker group gets that template's resources, tolerations and an annotation
-naming it; the field itself is removed before the object reaches the API server, whose CRD
-schema does not know it. The KubeRay v1 endpoints that manage templates are answered here.
+cache of its own), in the format KubeRay itself stores. A Ray resource created or replaced
+with ``computeTemplate: NAME`` in its head group or a worker group gets that template's
+resources, tolerations and an annotation naming it; the field itself is removed before the
+object reaches the API server, whose CRD schema does not know it. KubeRay's v1 endpoints
+that manage templates are answered here in KubeRay's own protocol (``templates_v1``).
+
+Only those endpoints and bodies that name a ``computeTemplate`` are this middleware's
+business: any other body goes on to the API server untouched, undecoded, so that what
+kube-apiserver accepts (invalid UTF-8, lone surrogates, deep nesting) is never refused here.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import orjson
-from tornado import httputil
 
 from watchcache.config import ResourceSpec
+from watchcache.middleware import templates_v1 as v1
 from watchcache.middleware.core import Next, Request, Response
-from watchcache.status import StatusError, method_not_allowed
+from watchcache.middleware.templates_v1 import LABEL, LABEL_VALUE
+from watchcache.status import StatusError
 from watchcache.store import Store
 from watchcache.upstream import Response as UpstreamResponse
-from watchcache.upstream import Upstream
+from watchcache.upstream import Upstream, UpstreamError
 
-LABEL = "ray.io/config-type"
-LABEL_VALUE = "compute-template"
+__all__ = ["ANNOTATION", "CONFIGMAPS", "LABEL", "LABEL_VALUE", "ComputeTemplates"]
+
 ANNOTATION = "ray.io/compute-template"
 CONFIGMAPS = ResourceSpec(
     group="",
@@ -35,60 +43,96 @@ CONFIGMAPS = ResourceSpec(
     served=False,
 )
 RAY_PLURALS = frozenset({"rayclusters", "rayjobs", "rayservices"})
-FIELDS = (
-    "name",
-    "namespace",
-    "cpu",
-    "memory",
-    "memory_unit",
-    "gpu",
-    "gpu_accelerator",
-    "extended_resources",
-    "tolerations",
-)
-_ONE = re.compile(r"^/apis/v1/namespaces/(?P<ns>[^/]+)/compute_templates/(?P<name>[^/]+)/?$")
-_NAMESPACED = re.compile(r"^/apis/v1/namespaces/(?P<ns>[^/]+)/compute_templates/?$")
-_ALL = "/apis/v1/compute_templates"
+MARKER = b"computeTemplate"
+# A non-negative Kubernetes quantity (resource.ParseQuantity's grammar, without a sign).
+_QUANTITY = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
 
 
-def template_from_configmap(data: dict[str, str]) -> dict[str, Any]:
-    """The v1 JSON shape of a template, from its ConfigMap's data."""
-    out: dict[str, Any] = {key: data.get(key, "") for key in FIELDS}
-    for key in ("extended_resources", "tolerations"):
-        out[key] = orjson.loads(data[key]) if data.get(key) else ({} if key[0] == "e" else [])
-    for key in ("cpu", "memory", "gpu"):
-        value = out[key]
+# ---- a template's values, as a Ray resource gets them ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What a template gives a group, checked: quantities as Kubernetes writes them."""
+
+    cpu: str
+    memory: str
+    gpu: str
+    accelerator: str
+    extended: dict[str, str]
+    tolerations: list[dict[str, Any]]
+
+
+def template_resources(name: str, namespace: str, data: dict[str, Any]) -> Resources:
+    """The template ConfigMap's ``data``, validated when it is read: a malformed template
+    is a 422 naming it and the field, never a 500 for every create that names it."""
+
+    def invalid(key: str, why: str) -> StatusError:
+        return StatusError(
+            422,
+            f'compute template "{name}" in namespace "{namespace}" is invalid: data.{key}: {why}',
+            details={
+                "name": name,
+                "kind": "configmaps",
+                "causes": [{"reason": "FieldValueInvalid", "message": why, "field": f"data.{key}"}],
+            },
+        )
+
+    def quantity(key: str, value: str, required: bool) -> str:
+        if not value and required:
+            raise invalid(key, "Required value")
+        if not _QUANTITY.fullmatch(value):
+            raise invalid(key, f"{_shown(value)} is not a non-negative Kubernetes quantity")
+        return value
+
+    def loaded(key: str) -> Any:
+        text = data.get(key)
+        if text in (None, "", "null"):
+            return None
         try:
-            out[key] = int(value) if str(value).isdigit() else float(value) if value else 0
-        except ValueError:
-            out[key] = value
-    return out
+            return json.loads(str(text))
+        except (ValueError, RecursionError):
+            raise invalid(key, f"{_shown(text)} is not JSON") from None
+
+    cpu = quantity("cpu", str(data.get("cpu", "")), True)
+    memory = str(data.get("memory", ""))
+    if not memory:
+        raise invalid("memory", "Required value")
+    memory = quantity("memory", memory + str(data.get("memory_unit") or "Gi"), True)
+    gpu = quantity("gpu", str(data.get("gpu") or "0"), False)
+
+    extended = loaded("extended_resources") or {}
+    if not isinstance(extended, dict) or not all(
+        (type(v) is int and v >= 0) or (isinstance(v, str) and _QUANTITY.fullmatch(v))
+        for v in extended.values()
+    ):
+        raise invalid(
+            "extended_resources",
+            "must be a JSON object of resource names to non-negative integers, not "
+            + _shown(data.get("extended_resources")),
+        )
+    tolerations = loaded("tolerations") or []
+    if not isinstance(tolerations, list) or not all(
+        isinstance(t, dict)
+        and all(isinstance(t.get(k, ""), str) for k in ("key", "operator", "value", "effect"))
+        for t in tolerations
+    ):
+        raise invalid(
+            "tolerations",
+            "must be a JSON array of tolerations (objects whose key, operator, value and "
+            f"effect are strings), not {_shown(data.get('tolerations'))}",
+        )
+    return Resources(
+        cpu=cpu,
+        memory=memory,
+        gpu=gpu,
+        accelerator=str(data.get("gpu_accelerator") or "nvidia.com/gpu"),
+        extended={k: str(v) for k, v in extended.items()},
+        tolerations=tolerations,
+    )
 
 
-def configmap_from_template(tpl: dict[str, Any], namespace: str) -> dict[str, Any]:
-    name = tpl.get("name")
-    if not isinstance(name, str) or not name:
-        raise StatusError(422, "compute template: name is required")
-    for key in ("cpu", "memory"):
-        if tpl.get(key) in (None, ""):
-            raise StatusError(422, f"compute template {name!r}: {key} is required")
-    data = {
-        "name": name,
-        "namespace": namespace,
-        "cpu": str(tpl["cpu"]),
-        "memory": str(tpl["memory"]),
-        "memory_unit": str(tpl.get("memory_unit") or "Gi"),
-        "gpu": str(tpl.get("gpu") or 0),
-        "gpu_accelerator": str(tpl.get("gpu_accelerator") or ""),
-        "extended_resources": orjson.dumps(tpl.get("extended_resources") or {}).decode(),
-        "tolerations": orjson.dumps(tpl.get("tolerations") or []).decode(),
-    }
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace, "labels": {LABEL: LABEL_VALUE}},
-        "data": data,
-    }
+def _shown(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _group_specs(spec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
@@ -106,9 +150,9 @@ def _group_specs(spec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
     return out
 
 
-def apply_template(group: dict[str, Any], main: str, name: str, data: dict[str, str]) -> None:
-    """Sets one group's pod template as the template says."""
-    tpl = template_from_configmap(data)
+def apply_template(group: dict[str, Any], main: str, name: str, res: Resources) -> None:
+    """Sets one group's pod template as the template says: cpu and memory on every
+    container, GPUs and extended resources on the Ray one, tolerations appended."""
     template = group.setdefault("template", {})
     meta = template.setdefault("metadata", {})
     meta.setdefault("annotations", {})[ANNOTATION] = name
@@ -116,19 +160,85 @@ def apply_template(group: dict[str, Any], main: str, name: str, data: dict[str, 
     containers = pod.setdefault("containers", [])
     if not containers:
         containers.append({"name": main})
-    memory = f"{tpl['memory']}{tpl['memory_unit'] or 'Gi'}"
     for container in containers:
         resources = container.setdefault("resources", {})
         for kind in ("requests", "limits"):
-            resources.setdefault(kind, {}).update({"cpu": str(tpl["cpu"]), "memory": memory})
+            resources.setdefault(kind, {}).update({"cpu": res.cpu, "memory": res.memory})
     target = next((c for c in containers if c.get("name") == main), containers[0])
-    extra: dict[str, str] = {k: str(v) for k, v in (tpl["extended_resources"] or {}).items()}
-    if tpl["gpu"] not in (0, "0", ""):
-        extra[tpl["gpu_accelerator"] or "nvidia.com/gpu"] = str(tpl["gpu"])
+    extra = dict(res.extended)
+    gpus = _QUANTITY.fullmatch(res.gpu)
+    if gpus and gpus[1].strip("0.") != "":  # a quantity whose number is not zero
+        extra[res.accelerator] = res.gpu
     for kind in ("requests", "limits"):
         target["resources"][kind].update(extra)
-    if tpl["tolerations"]:
-        pod.setdefault("tolerations", []).extend(tpl["tolerations"])
+    if res.tolerations:
+        pod.setdefault("tolerations", []).extend(res.tolerations)
+
+
+# ---- the bodies of Ray resources ---------------------------------------------------------------
+def _decoded(request: Request) -> object | None:
+    """The body, when it can be read; None for one that is not JSON at all (kube-apiserver
+    refuses it in its own words). JSON that orjson refuses but kube-apiserver takes (invalid
+    UTF-8, which it replaces; lone surrogates) is read as kube-apiserver reads it."""
+    if "yaml" in request.content_type:
+        return request.json()  # the shared decoder: its refusals stand
+    try:
+        return orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(request.body.decode("utf-8", "replace"))
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError:
+        return None
+
+
+def _too_deep() -> StatusError:
+    return StatusError(
+        400, "the body names a computeTemplate but is nested too deeply for it to be applied"
+    )
+
+
+def _set_body(request: Request, obj: object) -> None:
+    try:
+        body = orjson.dumps(obj)
+    except TypeError:  # a lone surrogate, an integer past 64 bits: escaped as JSON allows
+        try:
+            body = json.dumps(obj, separators=(",", ":"), default=str).encode()
+        except RecursionError:
+            raise _too_deep() from None
+    request.body = body
+    request.headers["Content-Type"] = "application/json"
+    request.headers.pop("Content-Length", None)
+
+
+# ---- KubeRay's v1 routes -----------------------------------------------------------------------
+def v1_route(path: str) -> tuple[str, str, str] | None:
+    """(kind, namespace, name) of a KubeRay compute-template path, or None for another path.
+    Kind "all", "list" or "one"; "none" for a path under compute_templates that KubeRay's
+    gateway routes nowhere. The path is decoded before it is split, as the gateway does."""
+    parts = unquote(path)[1:].split("/")
+    if parts[:2] != ["apis", "v1"]:
+        return None
+    rest = parts[2:]
+    if rest[:1] == ["compute_templates"]:
+        kind = "all" if len(rest) == 1 else "none"
+        return kind, "", ""
+    if len(rest) < 3 or rest[0] != "namespaces" or rest[2] != "compute_templates":
+        return None
+    # KubeRay's HTTP server redirects an unclean path ("//", "." or ".."): nothing is there.
+    if "" in parts[:-1] or "." in parts or ".." in parts:
+        return "none", "", ""
+    if len(rest) == 3:
+        return "list", rest[1], ""
+    return ("one", rest[1], rest[3]) if len(rest) == 4 else ("none", "", "")
+
+
+METHODS = {"all": ("GET",), "list": ("GET", "POST"), "one": ("GET", "DELETE")}
+NAMESPACE_DIFFERS = (
+    "The namespace in the request is different from the namespace defined in the compute template."
+)
 
 
 class ComputeTemplates:
@@ -139,22 +249,28 @@ class ComputeTemplates:
         self.upstream = upstream
 
     async def __call__(self, request: Request, call_next: Next) -> Response:
-        path = request.path
-        if path.startswith("/apis/v1/") and "compute_templates" in path:
-            return await self._endpoint(request)
+        route = v1_route(request.path)
+        if route is not None:
+            try:
+                return await self._endpoint(request, *route)
+            except v1.V1Error as err:
+                resp = Response.json(err.body(), err.http_status)
+                if err.retry_after:
+                    resp.headers["Retry-After"] = err.retry_after
+                return resp
         spec = request.resource
         if (
             request.method in ("POST", "PUT")
             and spec is not None
             and spec.plural in RAY_PLURALS
             and not request.path_params.get("subresource")
-            and request.body
+            and MARKER in request.body
         ):
             self._apply(request)
         return await call_next(request)
 
     def _apply(self, request: Request) -> None:
-        obj = request.json()
+        obj = _decoded(request)
         if not isinstance(obj, dict) or not isinstance(obj.get("spec"), dict):
             return
         namespace = request.path_params.get("namespace", "")
@@ -170,83 +286,96 @@ class ComputeTemplates:
                     422, f'compute template "{name}" not found in namespace "{namespace}"'
                 )
             data = orjson.loads(entry.raw).get("data") or {}
-            apply_template(group, main, str(name), data)
+            apply_template(group, main, str(name), template_resources(str(name), namespace, data))
         if changed:
-            request.set_json(obj)
+            _set_body(request, obj)
 
-    async def _endpoint(self, request: Request) -> Response:
-        if request.path.rstrip("/") == _ALL:
-            if request.method != "GET":
-                raise method_not_allowed()
+    # ---- the endpoints -----------------------------------------------------------------------
+    async def _endpoint(self, request: Request, kind: str, ns: str, name: str) -> Response:
+        if kind == "none":
+            raise v1.route_not_found()
+        if request.method not in METHODS[kind]:
+            raise v1.method_not_allowed()
+        if not self.store.synced:
+            raise v1.unavailable("the compute templates are not loaded yet")
+        if kind == "all":
             return self._list(None)
-        if m := _NAMESPACED.match(request.path):
-            ns = m["ns"]
-            if request.method == "GET":
-                return self._list(ns)
-            if request.method == "POST":
-                return await self._create(ns, request)
-            raise method_not_allowed()
-        if m := _ONE.match(request.path):
-            ns, name = m["ns"], m["name"]
-            if request.method == "GET":
-                entry = self.store.get(ns, name)
-                if entry is None:
-                    raise _missing(ns, name)
-                data = orjson.loads(entry.raw).get("data") or {}
-                return Response.json(template_from_configmap(data))
-            if request.method == "DELETE":
-                return await self._delete(ns, name)
-            raise method_not_allowed()
-        raise StatusError(404, "the server could not find the requested resource")
+        if kind == "list":
+            return self._list(ns) if request.method == "GET" else await self._create(ns, request)
+        if not name:
+            raise v1.invalid_input(v1.EMPTY_NAME)
+        if request.method == "DELETE":
+            return await self._delete(ns, name)
+        entry = self.store.get(ns, name)
+        if entry is None:
+            raise v1.not_found(name, deleting=False)
+        return Response.json(v1.render(v1.from_configmap(orjson.loads(entry.raw))))
 
     def _list(self, namespace: str | None) -> Response:
-        items = [
-            template_from_configmap(orjson.loads(e.raw).get("data") or {})
-            for e in self.store.entries_in(namespace)
-        ]
-        return Response.json({"compute_templates": items})
+        entries = sorted(self.store.entries_in(namespace), key=lambda e: (e.namespace, e.name))
+        items = [v1.render(v1.from_configmap(orjson.loads(e.raw))) for e in entries]
+        # An empty list is an unpopulated field, which KubeRay leaves out: "{}".
+        return Response.json({"computeTemplates": items} if items else {})
 
     async def _create(self, namespace: str, request: Request) -> Response:
-        tpl = request.json()
-        if not isinstance(tpl, dict):
-            raise StatusError(400, "a compute template is a JSON object")
-        cm = configmap_from_template(tpl, namespace)
-        resp = await self.upstream.fetch(
-            "POST",
-            f"/api/v1/namespaces/{quote(namespace)}/configmaps",
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-            body=orjson.dumps(cm),
-        )
+        tpl = v1.decode(request.body)
+        if tpl.namespace != namespace:
+            raise v1.invalid_create(NAMESPACE_DIFFERS)
+        if not tpl.name:
+            raise v1.invalid_create(v1.EMPTY_NAME)
+        if tpl.cpu == 0:
+            raise v1.invalid_create("Cpu amount is zero. Please specify a valid value.")
+        if tpl.memory == 0:
+            raise v1.invalid_create("Memory amount is zero. Please specify a valid value.")
+        if self.store.get(namespace, tpl.name) is not None:
+            raise v1.already_exists(tpl.name, namespace)
+        cm = v1.to_configmap(tpl)
+        resp = await self._call("POST", f"/api/v1/namespaces/{quote(namespace)}/configmaps", cm)
+        if resp.code == 409:
+            raise v1.already_exists(tpl.name, namespace)
         if resp.code != 201:
-            return _relayed(resp)
-        rv = int(orjson.loads(resp.body)["metadata"]["resourceVersion"])
-        await self.store.wait_for(rv, 5.0)  # read-your-writes for the next GET
-        return Response.json(template_from_configmap(cm["data"]))
+            raise _refused(resp, "Create")
+        created = orjson.loads(resp.body)
+        await self.store.wait_for(int(created["metadata"]["resourceVersion"]), 5.0)
+        return Response.json(v1.render(v1.from_configmap(created)))
 
     async def _delete(self, namespace: str, name: str) -> Response:
         if self.store.get(namespace, name) is None:
-            raise _missing(namespace, name)
-        resp = await self.upstream.fetch(
-            "DELETE",
-            f"/api/v1/namespaces/{quote(namespace)}/configmaps/{quote(name)}",
-            headers={"Accept": "application/json"},
-        )
+            raise v1.not_found(name, deleting=True)
+        target = f"/api/v1/namespaces/{quote(namespace)}/configmaps/{quote(name, safe='')}"
+        resp = await self._call("DELETE", target)
+        if resp.code == 404:
+            raise v1.not_found(name, deleting=True)
         if resp.code not in (200, 202):
-            return _relayed(resp)
-        for _ in range(50):
+            raise _refused(resp, "Delete")
+        for _ in range(50):  # read-your-writes: the next GET no longer finds it
             if self.store.get(namespace, name) is None:
                 break
             await self.store.wait_for(self.store.rv + 1, 0.1)
         return Response.json({})
 
+    async def _call(self, method: str, target: str, obj: object = None) -> UpstreamResponse:
+        """One write to kube-apiserver; not reaching it is 503 Unavailable with Retry-After
+        (as a write through the proxy answers once its retries are spent)."""
+        headers = {"Accept": "application/json"}
+        if obj is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            return await self.upstream.fetch(
+                method,
+                target,
+                headers=headers,
+                body=orjson.dumps(obj) if obj is not None else None,
+            )
+        except UpstreamError as exc:
+            raise v1.unavailable(f"the Kubernetes API server is unavailable: {exc}") from exc
 
-def _relayed(resp: UpstreamResponse) -> Response:
-    """The API server's refusal, as it gave it: its code, body and content type (not its
-    framing headers, which describe a message this server does not send)."""
-    headers = httputil.HTTPHeaders()
-    headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
-    return Response(status=resp.code, headers=headers, body=resp.body)
 
-
-def _missing(namespace: str, name: str) -> StatusError:
-    return StatusError(404, f'compute template "{name}" not found in namespace "{namespace}"')
+def _refused(resp: UpstreamResponse, action: str) -> v1.V1Error:
+    """kube-apiserver's refusal, with its message, as a gRPC status."""
+    try:
+        message = str(orjson.loads(resp.body).get("message") or "")
+    except (orjson.JSONDecodeError, AttributeError):
+        message = ""
+    message = message or resp.body[:200].decode("utf-8", "replace") or f"HTTP {resp.code}"
+    return v1.from_kube(resp.code, message, resp.headers.get("Retry-After"), action)

@@ -1,0 +1,89 @@
+"""The Hub's history and its watchers across an upstream re-list, without HTTP."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from watchcache.selectors import parse_field_selector, parse_label_selector
+from watchcache.store import Store
+from watchcache.watch import Filter, Hub, TooOld, Watcher
+
+
+def obj(ns: str, name: str, rv: int) -> dict:
+    meta = {"namespace": ns, "name": name, "resourceVersion": str(rv)}
+    return {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": meta}
+
+
+def watch(hub: Hub, namespace: str | None) -> Watcher:
+    watcher = hub.watcher(Filter(namespace, parse_label_selector(""), parse_field_selector("")))
+    hub.add(watcher)
+    return watcher
+
+
+def frames(watcher: Watcher) -> list[dict]:
+    return [orjson.loads(f) for f in watcher.drain(1 << 30)]
+
+
+@pytest.fixture
+def hub() -> Hub:
+    store = Store()
+    store.replace([obj("a", "x", 3), obj("b", "y", 4)], 10)
+    hub = Hub(store)
+    store.apply("MODIFIED", obj("a", "x", 11))
+    store.apply("ADDED", obj("b", "z", 12))
+    return hub
+
+
+def test_history_gives_each_event_after_a_version_once(hub: Hub) -> None:
+    assert [w.rv for w in hub.since(10)] == [11, 12]
+    assert [w.rv for w in hub.since(11, "b")] == [12]
+
+
+def test_a_relist_ends_watchers_that_could_miss_a_change_with_410(hub: Hub) -> None:
+    everywhere, in_a, in_b = watch(hub, None), watch(hub, "a"), watch(hub, "b")
+    hub.store.replace(
+        [obj("a", "x", 11), obj("b", "y", 4), obj("b", "z", 12), obj("a", "n", 15)], 20
+    )
+    for watcher in (everywhere, in_a):
+        (error,) = frames(watcher)
+        assert watcher.ended and error["type"] == "ERROR"
+        assert error["object"]["code"] == 410 and error["object"]["reason"] == "Expired"
+        assert error["object"]["message"].endswith("(20)")
+    assert not in_b.ended  # nothing in b changed: its sequence is still exact
+    hub.store.apply("MODIFIED", obj("b", "y", 21))
+    assert [f["object"]["metadata"]["resourceVersion"] for f in frames(in_b)] == ["21"]
+
+
+def test_after_a_relist_history_restarts_at_the_lists_version(hub: Hub) -> None:
+    hub.store.replace([obj("a", "x", 11), obj("b", "z", 12)], 20)  # b/y gone, when unknown
+    with pytest.raises(TooOld) as exc:
+        hub.since(12)
+    assert exc.value.oldest == 20
+    assert hub.since(20) == []
+    hub.store.apply("DELETED", obj("b", "z", 21))
+    assert [(w.event.type, w.rv) for w in hub.since(20)] == [("DELETED", 21)]
+
+
+def test_a_relist_that_changed_nothing_keeps_history_and_watchers(hub: Hub) -> None:
+    watcher = watch(hub, None)
+    hub.store.replace(list(hub.store.entries()), 30)
+    assert not watcher.ended and [w.rv for w in hub.since(10)] == [11, 12]
+
+
+def test_a_quiet_scope_is_served_from_a_version_older_than_the_window(hub: Hub) -> None:
+    hub.limits.count = 1
+    hub.store.apply("MODIFIED", obj("b", "z", 13))  # trims the window past 11 and 12
+    with pytest.raises(TooOld):
+        hub.since(11, "b")
+    assert hub.since(11, "a") == []  # a last changed at 11: nothing to send
+    with pytest.raises(TooOld):
+        hub.since(10, "a")
+
+
+def test_a_full_queue_ends_the_watcher_as_slow(hub: Hub) -> None:
+    hub.queue_capacity = 2
+    watcher = watch(hub, None)
+    for rv in (13, 14, 15):
+        hub.store.apply("MODIFIED", obj("a", "x", rv))
+    assert watcher.ended and watcher.overflowed and hub.ended_slow == 1
