@@ -178,6 +178,21 @@ def test_pretty_answers_neither_come_from_nor_poison_the_compact_render_cache(
         assert pretty.body == compact.body
 
 
+@pytest.mark.parametrize("path", [CLUSTERS, f"{CLUSTERS}/{CLUSTER.name}"])
+def test_an_indented_answer_has_its_own_etag_so_a_304_is_always_the_bytes_held(
+    path: str, wire_population: None, cached: Proxy
+) -> None:
+    curl = {"User-Agent": "curl/8.5.0"}
+    _, compact_headers, _ = cached.request("GET", path)
+    code, pretty_headers, body = cached.request("GET", path, headers=curl)
+    assert code == 200 and compact_headers["Etag"] != pretty_headers["Etag"]
+    held = {**curl, "If-None-Match": compact_headers["Etag"]}
+    code, _, again = cached.request("GET", path, headers=held)
+    assert (code, again) == (200, body)  # the compact form's tag does not match this one
+    held["If-None-Match"] = pretty_headers["Etag"]
+    assert cached.request("GET", path, headers=held)[0] == 304
+
+
 # ---- discovery ----------------------------------------------------------------------------
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 
