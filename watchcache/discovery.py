@@ -31,6 +31,7 @@ from watchcache.jsonpath import Unsupported
 from watchcache.status import StatusError
 from watchcache.tables import TableSpec
 from watchcache.upstream import Upstream, UpstreamError
+from watchcache.wire import go_escape
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,17 @@ class Served:
         return False
 
 
+# The core resources watchcache answers besides any configured one, and with which verbs:
+# a namespace's GET (passed through, for kubectl's "namespace not found" message). So
+# ``/api`` lists v1, as kube-apiserver's does, and ``/api/v1`` says exactly what is served.
+CORE_V1: Mapping[str, tuple[str, ...]] = {"namespaces": ("get",)}
+
+
 # ---- filters (pure) ------------------------------------------------------------------------
 def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
     """Any discovery document (aggregated or not, /api, /apis, a group, a group version),
-    keeping only what is served; a document of another kind is returned as it is."""
+    keeping only what is served; a document of another kind is returned as it is. No
+    server address of the API server's is kept (see ``with_server_address``)."""
     kind = doc.get("kind")
     if kind == "APIGroupDiscoveryList":
         items = []
@@ -94,10 +102,14 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
             group = (item.get("metadata") or {}).get("name", "")
             versions = []
             for version in item.get("versions") or []:
-                plurals = served.resources.get((group, version.get("version", "")))
-                if plurals is None:
-                    continue
-                resources = [r for r in version.get("resources") or [] if r["resource"] in plurals]
+                gv = (group, version.get("version", ""))
+                plurals = served.resources.get(gv, frozenset())
+                core = CORE_V1 if gv == ("", "v1") else {}
+                resources = [
+                    r if r["resource"] in plurals else _core_resource(r, "resource", "subresources")
+                    for r in version.get("resources") or []
+                    if r["resource"] in plurals or r["resource"] in core
+                ]
                 if resources:
                     versions.append({**version, "resources": resources})
             if versions:
@@ -111,19 +123,55 @@ def filter_discovery(doc: dict[str, Any], served: Served) -> dict[str, Any]:
     if kind == "APIResourceList":
         group, _, version = doc.get("groupVersion", "").rpartition("/")
         plurals = served.resources.get((group, version), frozenset())
-        resources = [r for r in doc.get("resources") or [] if r["name"].split("/")[0] in plurals]
+        core = CORE_V1 if (group, version) == ("", "v1") else {}
+        resources = [
+            r if r["name"].split("/")[0] in plurals else _core_resource(r, "name")
+            for r in doc.get("resources") or []
+            if r["name"].split("/")[0] in plurals or r["name"] in core
+        ]
         return {**doc, "resources": resources}
     if kind == "APIVersions":
-        versions = [v for v in doc.get("versions") or [] if ("", v) in served.resources]
-        return {**doc, "versions": versions}
+        versions = [
+            v for v in doc.get("versions") or [] if ("", v) in served.resources or v == "v1"
+        ]
+        return {**doc, "versions": versions, "serverAddressByClientCIDRs": []}
     return doc
+
+
+def _core_resource(resource: dict[str, Any], name_key: str, *drop: str) -> dict[str, Any]:
+    """A core resource of CORE_V1 with only the verbs watchcache answers (and none of its
+    subresources: none is served)."""
+    verbs = CORE_V1.get(resource.get(name_key, ""), ())
+    out = {k: v for k, v in resource.items() if k not in drop}
+    out["verbs"] = [v for v in resource.get("verbs") or [] if v in verbs]
+    return out
+
+
+def with_server_address(body: bytes, address: str | None) -> bytes:
+    """An ``APIVersions`` body (``/api``) naming watchcache's own address, as the client
+    reached it, for every client network (or none when it is unknown); other bodies as
+    they are. Never the API server's: that is filtered out when the document is kept."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if not isinstance(doc, dict) or doc.get("kind") != "APIVersions":
+        return body
+    own = [{"clientCIDR": "0.0.0.0/0", "serverAddress": address}] if address else []
+    return encode({**doc, "serverAddressByClientCIDRs": own})
+
+
+def encode(obj: object) -> bytes:
+    """A document as the API server writes it: Go's escaping, a final newline."""
+    return go_escape(orjson.dumps(obj)) + b"\n"
 
 
 def _filter_group(group: dict[str, Any], served: Served) -> dict[str, Any]:
     name = group.get("name", "")
     keep = served.versions(name)
     versions = [v for v in group.get("versions") or [] if v.get("version") in keep]
-    out = {**group, "versions": versions}
+    out = {k: v for k, v in group.items() if k != "serverAddressByClientCIDRs"}
+    out["versions"] = versions
     preferred = group.get("preferredVersion") or {}
     if versions and preferred.get("version") not in keep:
         out["preferredVersion"] = versions[0]
@@ -259,13 +307,18 @@ class Discovery:
             return doc, None
 
     @staticmethod
-    def _filtered(upstream: Document, obj: object, *, etag: bool) -> Document:
-        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``."""
-        body = orjson.dumps(obj)
+    def _filtered(
+        upstream: Document, obj: object, *, etag: bool, discovery: bool = False, v2: bool = False
+    ) -> Document:
+        """``obj`` as the body, with upstream's headers and its own ETag when ``etag``,
+        written as the API server writes that document: discovery with Go's escaping and a
+        final newline; OpenAPI without the newline, v3 escaped, v2 not (its own encoder)."""
+        compact = orjson.dumps(obj)
+        body = compact if v2 else go_escape(compact)
         headers = {n: v for n, v in upstream.headers.items() if n != "ETag"}
-        if etag:
+        if etag:  # of the body without a newline, as the API server hashes it
             headers["ETag"] = f'"{etag_of(body)}"'
-        return Document(200, body, headers)
+        return Document(200, body + b"\n" if discovery else body, headers)
 
     async def version(self) -> Document:
         async def make() -> Document:
@@ -285,7 +338,7 @@ class Discovery:
                 return doc
             # The API server tags aggregated discovery only; so does watchcache.
             filtered = filter_discovery(obj, self.served)
-            return self._filtered(doc, filtered, etag="ETag" in doc.headers)
+            return self._filtered(doc, filtered, etag="ETag" in doc.headers, discovery=True)
 
         return await self._once(("discovery", path, accept), make)
 
@@ -294,7 +347,7 @@ class Discovery:
             doc, obj = await self._get("/openapi/v2", "application/json")
             if not isinstance(obj, dict):
                 return doc
-            return self._filtered(doc, filter_openapi(obj, self.served), etag=True)
+            return self._filtered(doc, filter_openapi(obj, self.served), etag=True, v2=True)
 
         return await self._once("/openapi/v2", make)
 

@@ -17,13 +17,20 @@ an alpha gate that is off) are ignored. Booleans: absent, ``0`` or any case of `
 false, anything else, even ``x`` or an empty value, is true.
 
 Semantics the store must implement (cacher + CacheDelegator, WatchList, ConsistentListFromCache
-and ListFromCacheSnapshot on, as by default in 1.36). "Wait" is at most 3 s for the cache to
-reach an RV, then the 504 of too_large_resource_version(N, current) with Retry-After 1:
+and ListFromCacheSnapshot on, as by default in 1.36), with the one place watchcache departs
+from them on purpose (rv unset). "Wait" is at most 3 s for the cache to reach an RV, then the
+504 of too_large_resource_version(N, current) with Retry-After 1:
 
 LIST (limit <= 0 is no limit; rv "00" is numerically 0 but not the literal "0" below)
-- rv unset: consistent read: wait until the cache reaches etcd's current RV (the apiserver
-  falls back to etcd rather than 504; watchcache: forward upstream or serve its freshest).
-  ``limit`` honoured; the continue token carries the list's RV.
+- rv unset: the apiserver makes a consistent read (its cache first waits until it reaches
+  etcd's current RV, else etcd answers). watchcache deliberately does not ask etcd's RV (that
+  would cost the upstream request the cache exists to save): it answers from the cache as it
+  is, at once. That state trails etcd by the watch's latency (while the watch is down, by
+  the outage: the last state seen), and every write made through this watchcache process is
+  in it, since a write's answer is held until the cache shows it (handlers.read
+  wait_for_cache; bounded by write_wait, past which the answer goes and the miss is counted
+  and logged). Writes made elsewhere show within the watch latency. ``limit`` honoured; the
+  continue token carries the list's RV.
 - rv="0" (match unset or NotOlderThan): the cache as it is, no wait. ``limit`` is IGNORED
   whenever rv is the literal "0": the whole list, no continue token.
 - rv=N, match unset, no limit; or match NotOlderThan: wait until cache RV >= N, serve the
@@ -55,7 +62,8 @@ NotOlderThan; the parsed options below already carry those defaults.
   > 0: that many seconds; < 0: HTTP 200, then one ERROR event, 500 InternalError "context
   deadline exceeded".
 
-GET: rv unset: consistent (etcd); "0": the cache as is; N: wait until >= N, else the 504.
+GET: rv unset: the apiserver reads etcd; watchcache answers from the cache, as for a LIST with
+rv unset (above). "0": the cache as is; N: wait until >= N, else the 504.
 A list's or get's ``timeout`` is its deadline: past it, 504 Timeout "Timeout: request did not
 complete within the allotted timeout" (details {}).
 """

@@ -4,6 +4,7 @@ The API server walks the Accept clauses best first (goautoneg's order) and takes
 can produce, with its ``as``/``g``/``v`` parameters (a Table, PartialObjectMetadata) or
 without (the object). watchcache produces plain JSON and JSON Tables itself; for anything
 else the API server answers, so that the answer is exactly its own (YAML, protobuf, a 406).
+Whether an answer is indented is decided here too (``wants_pretty``); how, in watchcache.wire.
 """
 
 from __future__ import annotations
@@ -107,3 +108,28 @@ def accepts_json(accept: str | None) -> bool:
         if clause.q > 0 and clause.type in ("application", "*") and clause.subtype in ("json", "*"):
             return True
     return False
+
+
+# ---- pretty-printing ------------------------------------------------------------------------
+# Go's strconv.ParseBool: anything else is false (a malformed value is not "unset").
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+# User agents the API server takes for a human (a browser, curl, wget) and indents for.
+_HUMAN_AGENTS = ("curl", "Wget", "Mozilla/5.0")
+
+
+def wants_pretty(
+    query: Mapping[str, list[str]], user_agent: str | None, accept: str | None = None
+) -> bool:
+    """Whether the API server would indent this answer: ``pretty=1`` on the Accept type, a
+    non-empty ``pretty`` query parameter (true as Go parses it, and then the user agent no
+    longer counts), else a browser's, curl's or wget's user agent."""
+    if accept and "pretty" in accept:
+        for clause in parse_accept(accept):
+            if clause.type in ("application", "*") and clause.subtype in ("json", "*"):
+                if clause.params.get("pretty") == "1":
+                    return True
+                break  # the clause the answer is negotiated from
+    values = query.get("pretty")
+    if values and values[0]:
+        return values[0] in _GO_TRUE
+    return (user_agent or "").startswith(_HUMAN_AGENTS)

@@ -451,7 +451,8 @@ def parse_field_selector(
     """fields.ParseSelector, then the apiserver's field label check.
 
     allowed(path) False -> SelectorError with the message the API server gives for a custom
-    resource ('field label not supported: <path>'). None allows any path. As in Kubernetes,
+    resource ('field label not supported: <path>'); an empty path is refused so whenever the
+    labels are checked. None checks no label (the grammar only). As in Kubernetes,
     every term is parsed before any label is checked, terms are taken in sorted order (so the
     first error reported is the first in that order), paths are not trimmed, and a term with
     an empty path and value ('=' or '!=') is dropped before the check.
@@ -469,7 +470,8 @@ def parse_field_selector(
             parsed.append(FieldRequirement(path, "!=" if op == "!=" else "=", value))
     if allowed is not None:
         for req in parsed:
-            if not allowed(req.path):
+            # An empty (or blank) path names no field: never supported, whatever ``allowed`` says.
+            if not req.path.strip() or not allowed(req.path):
                 raise SelectorError(f"field label not supported: {req.path}")
     return FieldSelector(tuple(parsed))
 

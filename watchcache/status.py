@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 
+from watchcache.wire import go_escape, go_indent
+
 # The reason the Kubernetes API server gives for each code (k8s.io/apimachinery/pkg/api/errors).
 REASONS: dict[int, str] = {
     400: "BadRequest",
@@ -60,8 +62,11 @@ class StatusError(Exception):
         body["code"] = self.code
         return body
 
-    def body(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+    def body(self, *, pretty: bool = False) -> bytes:
+        """The Status as the API server writes it: compact with a final newline, or (for
+        ``?pretty=true`` and human user agents) indented, without one."""
+        compact = orjson.dumps(self.to_dict())
+        return go_indent(compact) if pretty else go_escape(compact) + b"\n"
 
 
 def not_found_path() -> StatusError:

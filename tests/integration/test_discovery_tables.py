@@ -108,18 +108,24 @@ def test_aggregated_discovery_is_kubes_cut_to_the_served_resources(
     assert [v["version"] for v in ray["versions"]] == ["v1"]  # v1alpha1 is not served
 
 
-def test_core_group_discovery_is_empty_but_valid(controlplane: ControlPlane, cached: Proxy) -> None:
+def test_core_group_discovery_lists_only_the_namespace_get(
+    controlplane: ControlPlane, cached: Proxy
+) -> None:
     code, headers, body = via(cached, "/api", AGGREGATED)
-    assert code == 200
-    assert headers["Content-Type"] == kube(controlplane, "/api", AGGREGATED)[1]["Content-Type"]
+    k_code, k_headers, k_body = kube(controlplane, "/api", AGGREGATED)
+    assert (code, headers["Content-Type"]) == (k_code, k_headers["Content-Type"])
+    assert body.endswith(b"\n") and k_body.endswith(b"\n")
+    want = json.loads(k_body)
+    (core,) = want["items"]
+    (v1,) = core["versions"]
+    namespaces = next(r for r in v1["resources"] if r["resource"] == "namespaces")
+    namespaces = {k: v for k, v in namespaces.items() if k != "subresources"}
     assert json.loads(body) == {
-        "kind": "APIGroupDiscoveryList",
-        "apiVersion": "apidiscovery.k8s.io/v2",
-        "metadata": {},
-        "items": [],
+        **want,
+        "items": [{**core, "versions": [{**v1, "resources": [{**namespaces, "verbs": ["get"]}]}]}],
     }
     legacy = json.loads(via(cached, "/api")[2])
-    assert (legacy["kind"], legacy["versions"]) == ("APIVersions", [])
+    assert (legacy["kind"], legacy["versions"]) == ("APIVersions", ["v1"])
 
 
 def test_group_and_group_version_documents_are_kubes_for_what_is_served(
@@ -147,7 +153,7 @@ def test_discovery_answers_304_to_its_own_etag(cached: Proxy) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["/apis/apps", "/apis/apps/v1", "/api/v1", "/apis/ray.io/v1alpha1", "/openapi/v3/apis/apps/v1"],
+    ["/apis/apps", "/apis/apps/v1", "/api/v2", "/apis/ray.io/v1alpha1", "/openapi/v3/apis/apps/v1"],
 )
 def test_discovery_of_what_is_not_served_is_404(cached: Proxy, path: str) -> None:
     code, _, body = via(cached, path)
@@ -347,6 +353,18 @@ def test_table_is_kube_apiservers_table(
     assert got[0] == want[0] == 200, got[2][:300]
     assert got[1]["Content-Type"] == want[1]["Content-Type"]
     assert normalised_table(got[2], is_list) == normalised_table(want[2], is_list)
+    assert got[2].endswith(b"}\n") and want[2].endswith(b"}\n")  # as kube writes JSON
+
+
+def test_a_pretty_table_is_indented_as_kubes(
+    controlplane: ControlPlane, cached: Proxy, table_objects: list[dict[str, Any]]
+) -> None:
+    path = population.object_path(table_objects[1]) + "?pretty=true"
+    got, want = via(cached, path, TABLE), kube(controlplane, path, TABLE)
+    assert got[0] == want[0] == 200
+    assert got[2].startswith(b'{\n  "kind": "Table",') and not got[2].endswith(b"\n")
+    assert want[2].startswith(b'{\n  "kind": "Table",') and not want[2].endswith(b"\n")
+    assert normalised_table(got[2], False) == normalised_table(want[2], False)
 
 
 def test_table_of_a_held_deletion_carries_its_deletion_timestamp(

@@ -126,6 +126,13 @@ BAD_LABEL_SELECTORS = (
     "a" * 64 + "=x",
     "x=" + "a" * 64,
     "-bad.io/x=1",
+    # Empty keys, in every operator's position.
+    "==ml",
+    "!=ml",
+    "in (ml)",
+    "notin (ml)",
+    " =ml",
+    "team=ml,=x",
 )
 BAD_FIELD_SELECTORS = (
     "metadata.name",
@@ -133,6 +140,12 @@ BAD_FIELD_SELECTORS = (
     "metadata.name=x=y",
     "metadata.name=\\x",
     "metadata.name=x,status.state",
+    # An empty path names no field: 400 "field label not supported: ", extensions or not.
+    "=rc-03",
+    "==rc-03",
+    "!=rc-03",
+    " =rc-03",
+    "metadata.name=x,=rc-03",
 )
 # Field labels kube-apiserver refuses on custom resources (400 "field label not supported")
 # and the cache serves, as DESIGN.md extends them to any scalar path: the one place where the

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+from differential import wait_until
 from faultproxy import FaultProxy
 from watchclient import WatchStream
 
@@ -308,6 +309,29 @@ def test_writes_are_read_back_at_once_while_the_caches_watch_lags(
     assert code == 200, raw[:300]
     listed = json.loads(proxy.request("GET", f"{RAYCLUSTERS}?labelSelector=sweep%3Dlag")[2])
     assert listed["items"] == [], "a delete-collection's objects are still listed after it"
+
+
+def test_a_read_without_resource_version_is_the_caches_state_and_never_asks_upstream(
+    faults: FaultProxy, cached_behind: Proxy, controlplane: ControlPlane
+) -> None:
+    """The README's contract for an unset resourceVersion: the cache as it is (no consistent
+    read upstream), so a write made elsewhere shows once the watch delivers it."""
+    seed(controlplane, "unset-rv-before", sweep="unset-rv")
+    selected = f"{RAYCLUSTERS}?labelSelector=sweep%3Dunset-rv"
+
+    def names() -> list[str]:
+        code, _, raw = cached_behind.request("GET", selected)
+        assert code == 200, raw[:300]
+        return [i["metadata"]["name"] for i in json.loads(raw)["items"]]
+
+    wait_until(lambda: names() == ["unset-rv-before"])
+    faults.reset()
+    seed(controlplane, "unset-rv-after", sweep="unset-rv")  # straight to kube-apiserver
+    wait_until(lambda: names() == ["unset-rv-after", "unset-rv-before"])
+    assert cached_behind.request("GET", f"{RAYCLUSTERS}/unset-rv-after")[0] == 200
+    assert faults.attempts("GET", RAYCLUSTERS) == 0
+    assert faults.attempts("GET", f"{RAYCLUSTERS}/unset-rv-after") == 0
+    controlplane.request("DELETE", selected)
 
 
 # ---- answers that break off --------------------------------------------------------------------

@@ -6,8 +6,10 @@ these pin the rules on small hand-written documents.
 
 from __future__ import annotations
 
+import orjson
+
 from watchcache.config import RAY_RESOURCES, ResourceSpec
-from watchcache.discovery import Served, filter_discovery, filter_openapi
+from watchcache.discovery import Served, filter_discovery, filter_openapi, with_server_address
 from watchcache.negotiation import accepts_json
 
 SERVED = Served.of(
@@ -46,14 +48,53 @@ def test_aggregated_discovery_keeps_only_served_groups_versions_and_resources() 
     assert version["freshness"] == "Current"
 
 
-def test_core_group_of_aggregated_discovery_is_an_empty_list_when_nothing_core_is_served() -> None:
+def test_core_group_keeps_only_the_namespace_get_watchcache_answers() -> None:
+    namespaces = {
+        "resource": "namespaces",
+        "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        "subresources": [{"subresource": "status", "verbs": ["get"]}],
+    }
     doc = {
         "kind": "APIGroupDiscoveryList",
-        "items": [_aggregated_group("", {"v1": ["services", "pods"]})],
+        "items": [
+            {
+                "metadata": {},
+                "versions": [{"version": "v1", "resources": [{"resource": "pods"}, namespaces]}],
+            }
+        ],
     }
-    assert filter_discovery(doc, SERVED)["items"] == []
-    legacy = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
-    assert filter_discovery(legacy, SERVED)["versions"] == []
+    (item,) = filter_discovery(doc, SERVED)["items"]
+    assert item["versions"] == [
+        {"version": "v1", "resources": [{"resource": "namespaces", "verbs": ["get"]}]}
+    ]
+    legacy = filter_discovery(
+        {
+            "kind": "APIResourceList",
+            "groupVersion": "v1",
+            "resources": [
+                {"name": "namespaces", "shortNames": ["ns"], "verbs": ["get", "list"]},
+                {"name": "namespaces/status", "verbs": ["get"]},
+                {"name": "services", "verbs": ["get"]},
+            ],
+        },
+        SERVED,
+    )
+    assert legacy["resources"] == [{"name": "namespaces", "shortNames": ["ns"], "verbs": ["get"]}]
+
+
+def test_api_versions_lists_v1_and_never_keeps_the_api_servers_address() -> None:
+    upstream = {"clientCIDR": "0.0.0.0/0", "serverAddress": "10.0.0.1:6443"}
+    legacy = {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [upstream]}
+    out = filter_discovery(legacy, SERVED)
+    assert (out["versions"], out["serverAddressByClientCIDRs"]) == (["v1"], [])
+    body = with_server_address(orjson.dumps(out), "127.0.0.1:8888")
+    assert body.endswith(b"\n")
+    assert orjson.loads(body)["serverAddressByClientCIDRs"] == [
+        {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:8888"}
+    ]
+    assert orjson.loads(with_server_address(body, None))["serverAddressByClientCIDRs"] == []
+    group = {"kind": "APIGroup", "name": "ray.io", "versions": [], "serverAddressByClientCIDRs": []}
+    assert "serverAddressByClientCIDRs" not in filter_discovery(group, SERVED)
 
 
 def test_group_documents_drop_unserved_versions_and_fix_the_preferred_one() -> None:
@@ -137,3 +178,22 @@ def test_accepts_json_unless_only_protobuf_is_acceptable() -> None:
     assert accepts_json("*/*")
     assert accepts_json("application/com.github.proto-openapi.spec.v2@v1.0+protobuf, */*;q=0.1")
     assert not accepts_json("application/com.github.proto-openapi.spec.v2@v1.0+protobuf")
+
+
+def test_a_served_core_resource_is_listed_whole_beside_the_namespace_get() -> None:
+    served = Served.of(
+        [ResourceSpec(group="", version="v1", plural="configmaps", kind="ConfigMap")]
+    )
+    doc = {
+        "kind": "APIResourceList",
+        "groupVersion": "v1",
+        "resources": [
+            {"name": "configmaps", "verbs": ["get", "list", "watch"]},
+            {"name": "namespaces", "verbs": ["get", "list"]},
+            {"name": "pods", "verbs": ["get"]},
+        ],
+    }
+    assert filter_discovery(doc, served)["resources"] == [
+        {"name": "configmaps", "verbs": ["get", "list", "watch"]},
+        {"name": "namespaces", "verbs": ["get"]},
+    ]

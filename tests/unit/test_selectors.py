@@ -209,6 +209,12 @@ def test_nul_right_after_a_word_only_splits_it_as_in_go() -> None:
         ("a in (b c)", UNABLE + "found 'c', expected: ',' or ')'"),
         ("a in (b,", UNABLE + "found '', expected: ',', or identifier"),
         ("a=(b)", UNABLE + "found '(', expected: identifier"),
+        # Empty keys, as kube-apiserver answers them.
+        ("==ml", "found '==', expected: !, identifier, or 'end of string'"),
+        ("!=ml", "found '!=', expected: !, identifier, or 'end of string'"),
+        (" =ml", "found '=', expected: !, identifier, or 'end of string'"),
+        ("in (ml)", UNABLE + "found '(', expected: in, notin, =, ==, !=, gt, lt"),
+        ("team=ml,=x", "found '=', expected: identifier after ','"),
         ("a>b", UNABLE + 'values[0]: Invalid value: "b": ' + INTEGER_RULE),
         (
             "a<99999999999999999999",
@@ -447,6 +453,23 @@ def test_unsupported_field_label_is_rejected_when_allowed_says_no() -> None:
         "field label not supported: spec.a"
     )
     assert field_error("=x", allowed) == "field label not supported: "
+
+
+@pytest.mark.parametrize("text", ["=rc-03", "==rc-03", "!=rc-03", " =x", "metadata.name=a,=b"])
+def test_an_empty_field_path_is_never_a_supported_label_even_when_any_path_is(text: str) -> None:
+    # kube-apiserver: 400 "field label not supported: " (the path, empty, after the colon).
+    path = text.split(",")[-1].partition("=")[0].rstrip("!")
+    assert field_error_any_path(text) == f"field label not supported: {path}"
+
+
+def test_without_a_label_check_an_empty_field_path_is_grammar_only() -> None:
+    assert parse_field_selector("=rc-03").requirements == (FieldRequirement("", "=", "rc-03"),)
+
+
+def field_error_any_path(text: str) -> str:
+    with pytest.raises(SelectorError) as info:
+        parse_field_selector(text, allowed=lambda path: True)
+    return str(info.value)
 
 
 def test_syntax_errors_win_over_unsupported_field_labels() -> None:

@@ -12,6 +12,7 @@ from tornado import httputil, web
 from watchcache.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.config import ResourceSpec
 from watchcache.middleware.core import Request, Response
+from watchcache.negotiation import wants_pretty
 from watchcache.status import StatusError, method_not_allowed, not_found_path
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ class BaseHandler(web.RequestHandler):
                 raise
             self._capturing = False
             self.clear()
-            return Response.from_status(err)
+            return Response.from_status(err, request)
         if not self._finished and self._capturing and not self._headers_written:
             self.finish()
         self._capturing = False
@@ -205,7 +206,11 @@ class BaseHandler(web.RequestHandler):
         for name, value in err.headers.items():
             self.set_header(name, value)
         self.set_header("Content-Type", "application/json")
-        self.finish(err.body())
+        headers = self.request.headers
+        pretty = wants_pretty(
+            decoded_query(self.request), headers.get("User-Agent"), headers.get("Accept")
+        )
+        self.finish(err.body(pretty=pretty))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]

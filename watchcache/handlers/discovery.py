@@ -10,17 +10,19 @@ otherwise, as the API server does), and 406 for an OpenAPI format watchcache doe
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Literal
 
-from watchcache.discovery import Document
-from watchcache.handlers.base import BaseHandler
+from watchcache.discovery import Document, with_server_address
+from watchcache.handlers.base import BaseHandler, decoded_query
 from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.negotiation import accepts_json
+from watchcache.negotiation import accepts_json, wants_pretty
 from watchcache.status import StatusError, method_not_allowed, not_found_path
+from watchcache.wire import go_indent
 
 if TYPE_CHECKING:
     from watchcache.app import Runtime
@@ -93,14 +95,44 @@ class DiscoveryHandler(BaseHandler):
             self.clear_header("Content-Type")
             self.finish()
             return
-        body = doc.body
+        body, kept = self._rendered(doc)
         if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
-            if doc.gzipped is None:
-                doc.gzipped = gzip.compress(body, compresslevel=1)
-            body = doc.gzipped
+            if not kept:
+                body = gzip.compress(body, compresslevel=1)
+            else:
+                if doc.gzipped is None:
+                    doc.gzipped = gzip.compress(body, compresslevel=1)
+                body = doc.gzipped
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
+
+    def _rendered(self, doc: Document) -> tuple[bytes, bool]:
+        """The body this request gets, and whether it is the kept one (whose gzip form is
+        kept too). Discovery answers are the API server's negotiated ones: ``/api`` names
+        watchcache's own address, and a pretty request gets them indented. /version and
+        OpenAPI are written by the API server the same for everyone."""
+        if self.kind != "discovery" or doc.code != 200:
+            return doc.body, True
+        body = doc.body
+        if self.request.path.rstrip("/") == "/api":
+            body = with_server_address(body, self._own_address())
+        headers = self.request.headers
+        agent, accept = headers.get("User-Agent"), headers.get("Accept")
+        if wants_pretty(decoded_query(self.request), agent, accept):
+            with contextlib.suppress(ValueError):  # not JSON after all: as it is
+                body = go_indent(body)
+        return body, body is doc.body
+
+    def _own_address(self) -> str | None:
+        """host:port of watchcache's end of this connection: where this client reached it."""
+        stream = getattr(self.request.connection, "stream", None)
+        sock = getattr(stream, "socket", None)
+        try:
+            host, port = sock.getsockname()[:2]  # type: ignore[union-attr]
+        except (AttributeError, OSError, TypeError, ValueError):
+            return None
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _matches(self, etag: str) -> bool:
         tags = self.request.headers.get("If-None-Match")
@@ -131,6 +163,7 @@ def discovery_routes(runtime: Runtime, specs: list[ResourceSpec]) -> list[tuple[
     table: list[tuple[str, type, dict]] = [
         (r"/version/?", DiscoveryHandler, args("version")),
         (r"/api/?", DiscoveryHandler, args("discovery")),
+        (r"/api/v1/?", DiscoveryHandler, args("discovery")),  # CORE_V1, at least
         (r"/apis/?", DiscoveryHandler, args("discovery")),
         (r"/openapi/v2/?", DiscoveryHandler, args("openapi/v2")),
         (r"/openapi/v3/?", DiscoveryHandler, args("openapi/v3")),

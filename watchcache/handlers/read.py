@@ -39,10 +39,12 @@ from watchcache.listoptions import (
     parse_list_options,
     resource_version_int,
 )
+from watchcache.negotiation import wants_pretty
 from watchcache.pagination import ContinueCodec
 from watchcache.status import StatusError, not_found, too_many_requests
 from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
 from watchcache.watch import Hub, TooOld
+from watchcache.wire import go_escape, go_indent, list_body
 
 log = logging.getLogger(__name__)
 
@@ -267,11 +269,11 @@ class ResourceHandler(PassThroughHandler):
         if self.table is not None:
             send_table(self, self.table, [entry.raw], list_meta(entry.rv))
             return
-        etag = f'"{entry.rv}"'
+        etag = self._form_tag(f'"{entry.rv}"')
         self.set_header("ETag", etag)
         if self._not_modified(etag):
             return
-        self._send_json(entry.raw)
+        self._send_json(go_escape(entry.raw) + b"\n")
 
     # ---- list ------------------------------------------------------------------------------
     async def _list(self, namespace: str | None, opts: ListOptions) -> None:
@@ -411,35 +413,27 @@ class ResourceHandler(PassThroughHandler):
             entries = select()
             etag = _etag(repr(key).encode(), rv, token, remaining, entries)
             cached = None
+        etag = self._form_tag(etag)
         self.set_header("ETag", etag)
         if self._not_modified(etag):
             return
         if cached is None:
-            meta: dict[str, object] = {}
-            if token:
-                meta["continue"] = token
-            if remaining is not None:
-                meta["remainingItemCount"] = remaining
-            meta["resourceVersion"] = str(rv)
-            body = b"".join(
-                (
-                    b'{"apiVersion":"',
-                    res.spec.api_version.encode(),
-                    b'","items":[',
-                    b",".join([e.raw for e in entries]),
-                    b'],"kind":"',
-                    res.spec.list_kind.encode(),
-                    b'","metadata":',
-                    orjson.dumps(meta),
-                    b"}",
-                )
-            )
+            body = go_escape(list_body(res.spec, entries, rv, token, remaining))
             cached = Rendered(state or (rv, -2), etag, body)
             if state is not None and len(body) <= res.renders.maxsize // 4:
                 res.renders[key] = cached  # bounded in bytes: a huge body is not kept
         self._send_json(cached.body, cached, key)
 
     # ---- responses -------------------------------------------------------------------------
+    def _pretty(self) -> bool:
+        headers = self.request.headers
+        return wants_pretty(self.query, headers.get("User-Agent"), headers.get("Accept"))
+
+    def _form_tag(self, etag: str) -> str:
+        """The tag of the form this request gets: an indented body is other bytes than the
+        compact one, so it has a tag of its own (a 304 means "the very bytes you hold")."""
+        return etag[:-1] + '-pretty"' if self._pretty() else etag
+
     def _not_modified(self, etag: str) -> bool:
         tags = self.request.headers.get("If-None-Match")
         if tags and (tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))):
@@ -451,6 +445,12 @@ class ResourceHandler(PassThroughHandler):
     def _send_json(
         self, body: bytes, rendered: Rendered | None = None, key: RenderKey | None = None
     ) -> None:
+        """Sends a compact body as the API server writes it (escaped as Go escapes, with a
+        final newline), or indented when the request asks (``pretty``, a human's user
+        agent). The indented form is made per request from the compact one and never kept:
+        the render cache holds compact bodies only."""
+        if self._pretty():
+            body, rendered, key = go_indent(body), None, None
         self.set_header("Content-Type", "application/json")
         if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
             if rendered is not None and rendered.gzipped is not None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from watchcache.negotiation import negotiate
 from watchcache.tables import TableSpec, include_object, render
+from watchcache.wire import go_escape
 
 if TYPE_CHECKING:
     from watchcache.handlers.read import ResourceHandler
@@ -71,4 +72,4 @@ def send_table(
         version=table.version,
         now=time.time(),
     )
-    handler._send_json(body)
+    handler._send_json(go_escape(body) + b"\n")  # as the API server writes it

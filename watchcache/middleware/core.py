@@ -22,6 +22,7 @@ from tornado import httputil
 
 from watchcache import bodies
 from watchcache.config import ResourceSpec
+from watchcache.negotiation import wants_pretty
 from watchcache.status import StatusError
 
 
@@ -85,8 +86,13 @@ class Response:
         return cls(status=status, headers=headers, body=bodies.dumps(obj))
 
     @classmethod
-    def from_status(cls, err: StatusError) -> Response:
-        resp = cls.json(err.to_dict(), err.code)
+    def from_status(cls, err: StatusError, request: Request | None = None) -> Response:
+        """The Status as the API server writes it, indented when ``request`` asks."""
+        pretty = request is not None and wants_pretty(
+            request.query, request.headers.get("User-Agent"), request.headers.get("Accept")
+        )
+        headers = httputil.HTTPHeaders({"Content-Type": "application/json"})
+        resp = cls(status=err.code, headers=headers, body=err.body(pretty=pretty))
         for name, value in err.headers.items():
             resp.headers[name] = value
         return resp
@@ -104,7 +110,7 @@ def compose(middleware: Sequence[Middleware], endpoint: Next) -> Next:
         try:
             return await inner(request)
         except StatusError as err:
-            return Response.from_status(err)
+            return Response.from_status(err, request)
 
     chain: Next = guarded
     for mw in reversed(middleware):
@@ -114,7 +120,7 @@ def compose(middleware: Sequence[Middleware], endpoint: Next) -> Next:
                 try:
                     return await mw(request, nxt)
                 except StatusError as err:
-                    return Response.from_status(err)
+                    return Response.from_status(err, request)
 
             return call
 
