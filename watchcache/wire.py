@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from watchcache.config import ResourceSpec
-
 if TYPE_CHECKING:
+    from watchcache.config import ResourceSpec
     from watchcache.store import Entry
 
 # What Go's encoding/json escapes inside strings and orjson does not; none of these bytes
