@@ -48,6 +48,9 @@ async def serve_watch(
     handler: ResourceHandler, resource: CachedResource, namespace: str | None, opts: ListOptions
 ) -> None:
     store, hub = resource.store, resource.hub
+    if opts.timeout_seconds is not None and opts.timeout_seconds < 0:
+        await _expired(handler, opts)
+        return
     filter_ = Filter(namespace, opts.label_selector, opts.field_selector)
     watcher = hub.watcher(filter_)
     watcher.on_overflow = handler.request.connection.close  # type: ignore[union-attr]
@@ -126,6 +129,20 @@ async def serve_watch(
                 handler.finish()  # the terminating chunk: a clean end the client can tell
         finally:
             hub.remove(watcher)
+
+
+async def _expired(handler: ResourceHandler, opts: ListOptions) -> None:
+    """A negative timeoutSeconds: the API server's watch is past its deadline before it
+    starts, so it ends at once with no event; but a consistent start (no resourceVersion)
+    first waits for a fresh state, and that wait fails with an ERROR event."""
+    with contextlib.suppress(iostream.StreamClosedError):
+        await _start_stream(handler)
+        if opts.resource_version is None and opts.send_initial_events:
+            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+            status |= {"message": "context deadline exceeded", "reason": "InternalError"}
+            handler.write(b'{"type":"ERROR","object":' + orjson.dumps(status | {"code": 500}))
+            handler.write(b"}\n")
+    handler.finish()
 
 
 async def _start_stream(handler: ResourceHandler) -> None:
