@@ -100,10 +100,11 @@ def _choose(params: Mapping[str, str], sub: str) -> Representation | None:
 
 def accepts_json(accept: str | None) -> bool:
     """Whether an Accept header takes JSON (OpenAPI: watchcache renders no protobuf; asked
-    for protobuf alone, it answers 406, on which clients fall back to JSON)."""
+    for protobuf alone, it answers 406, on which clients fall back to JSON). As kube-openapi's
+    handlers, q is ignored: ``application/json;q=0`` still gets JSON."""
     if not accept:
         return True
     for clause in parse_accept(accept):
-        if clause.q > 0 and clause.type in ("application", "*") and clause.subtype in ("json", "*"):
+        if clause.type in ("application", "*") and clause.subtype in ("json", "*"):
             return True
     return False

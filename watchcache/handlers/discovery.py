@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from watchcache.discovery import Document
 from watchcache.handlers.base import BaseHandler
 from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.negotiation import accepts_json
+from watchcache.negotiation import accepts_json, parse_accept
 from watchcache.status import StatusError, method_not_allowed, not_found_path
 
 if TYPE_CHECKING:
@@ -50,12 +50,14 @@ class DiscoveryHandler(BaseHandler):
             doc = await docs.version()
         elif self.kind == "discovery":
             doc = await docs.discovery(self.request.path.rstrip("/") or "/", accept)
+        elif self.kind == "openapi/v3":
+            doc = await docs.openapi_v3_index()  # kube serves its index whatever Accept says
+        elif self.kind == "openapi/v3/gv" and accept and not parse_accept(accept):
+            return  # no clause parses: kube-openapi answers 200 with no body
         elif not accepts_json(accept):
             raise not_acceptable()
         elif self.kind == "openapi/v2":
             doc = await docs.openapi_v2()
-        elif self.kind == "openapi/v3":
-            doc = await docs.openapi_v3_index()
         else:
             found = await docs.openapi_v3(kwargs.get("gv") or "")
             if found is None:
