@@ -108,3 +108,14 @@ def accepts_json(accept: str | None) -> bool:
         if clause.type in ("application", "*") and clause.subtype in ("json", "*"):
             return True
     return False
+
+
+def restful_accepts_json(accept: str | None) -> bool:
+    """go-restful's route match on Accept (``/version``): some clause, parameters cut off,
+    is exactly ``*/*`` or ``application/json``; an absent or empty header matches."""
+    if not accept:
+        return True
+    return any(
+        part.split(";", 1)[0].strip(" \t") in ("*/*", "application/json")
+        for part in accept.split(",")
+    )
