@@ -99,7 +99,9 @@ class UndecodablePath(PathMatches):
 
 
 def decoded_rule(rule: Any) -> Any:
-    """A route-table entry whose pattern is matched on the decoded path."""
+    """A route-table entry whose pattern is matched on the decoded path, which may hold any
+    character: ``.`` matches a newline too, and the end is the very end."""
     if isinstance(rule, (tuple, list)) and isinstance(rule[0], str):
-        return (DecodedPathMatches(rule[0]), *rule[1:])
+        regex = re.compile(rule[0].removesuffix("$") + r"\Z", re.DOTALL)
+        return (DecodedPathMatches(regex), *rule[1:])
     return rule

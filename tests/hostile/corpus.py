@@ -193,10 +193,11 @@ NAME_FORMS = (
     "%zz", "a%4", "%", "%C3%28", "%00", "a+b", "%E2%9C%93", "n" * 300, "UPPER", "a..b", "...",
     "{name}/", "{name}//status", "{name}/status/", "{name}/status/x", "{name}/scale",
     "{name}/b", "{name}/%73tatus", "{name}/..", "{name}/.", "a%20b", "-x", "{name}%00",
+    "a%0Ab", "{name}%0A", "%0A",
 )  # fmt: skip
 NAMESPACE_FORMS = (
     ".", "..", "%2E", "Bad_NS", "a%25b", "%25", "n" * 64, "UPPER", "%zz", "a%2Fb", "%C3%28",
-    "kube-system", "-x", "{ns}",
+    "kube-system", "-x", "{ns}", "{ns}%0A", "%0A",
 )  # fmt: skip
 OTHER_PATHS = (
     f"{API}/namespaces/{{ns}}/{{plural}}/", f"{API}/namespaces/{{ns}}/{{plural}}//",
