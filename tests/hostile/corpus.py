@@ -410,6 +410,10 @@ def body_cases(rng: random.Random, names: Sequence[str], namespaces: Sequence[st
             out.append(Case("body", "PUT", target, (json_type,), b"{}"))
             merge = ("Content-Type", "application/merge-patch+json")
             out.append(Case("body", "PATCH", target, (merge,), b"{}"))
+        for bad_ns in (".", "..", "Bad_NS", "a%25b", "n" * 64, "no-such-namespace"):
+            body = b'{"apiVersion":"ray.io/v1","kind":"%s","metadata":{"name":"x"}}' % kind.encode()
+            target = f"{API}/namespaces/{bad_ns}/{plural}?dryRun=All"
+            out.append(Case("body", "POST", target, (json_type,), body))
         out.append(Case("body", "POST", f"{coll}&fieldValidation=Bogus", (json_type,), b"{}"))
         out.append(Case("body", "POST", f"{coll}&dryRun=Bogus", (json_type,), b"{}"))
         out.append(Case("body", "POST", coll.replace("All", "x"), (json_type,), b"{}"))
