@@ -28,10 +28,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 import differential  # the shared judge of tests/integration
-from corpus import Case, generate
 
 from watchcache.controlplane import ControlPlane
 from watchcache.testing import population
+
+from .conftest import assert_healthy
+from .corpus import Case, generate
 
 if TYPE_CHECKING:
     from conftest import Proxy
@@ -189,4 +191,4 @@ def test_hostile_corpus_gets_the_api_servers_codes_and_reasons(
     assert not problems, f"{len(problems)} of {len(cases)} cases differ:\n" + "\n".join(
         problems[:40]
     )
-    assert "Traceback" not in cached.log()
+    assert_healthy(cached)
