@@ -14,7 +14,9 @@ from tornado.netutil import bind_sockets
 
 from watchcache.config import ResourceSpec, Settings
 from watchcache.discovery import Discovery
+from watchcache.gourl import UndecodablePath, decoded_rule
 from watchcache.handlers.base import (
+    BadPathHandler,
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
@@ -164,8 +166,10 @@ def routes(runtime: Runtime) -> list[Any]:
 
 
 def make_app(runtime: Runtime) -> web.Application:
+    # Routed on the decoded path, as kube-apiserver routes (watchcache.gourl).
+    table = [(UndecodablePath(), BadPathHandler, {"runtime": runtime})]
     return web.Application(
-        routes(runtime),
+        table + [decoded_rule(rule) for rule in routes(runtime)],
         default_handler_class=NotFoundHandler,
         default_handler_args={"runtime": runtime},
         compress_response=False,

@@ -101,11 +101,12 @@ def _choose(params: Mapping[str, str], sub: str) -> Representation | None:
 
 def accepts_json(accept: str | None) -> bool:
     """Whether an Accept header takes JSON (OpenAPI: watchcache renders no protobuf; asked
-    for protobuf alone, it answers 406, on which clients fall back to JSON)."""
+    for protobuf alone, it answers 406, on which clients fall back to JSON). As kube-openapi's
+    handlers, q is ignored: ``application/json;q=0`` still gets JSON."""
     if not accept:
         return True
     for clause in parse_accept(accept):
-        if clause.q > 0 and clause.type in ("application", "*") and clause.subtype in ("json", "*"):
+        if clause.type in ("application", "*") and clause.subtype in ("json", "*"):
             return True
     return False
 
@@ -133,3 +134,14 @@ def wants_pretty(
     if values and values[0]:
         return values[0] in _GO_TRUE
     return (user_agent or "").startswith(_HUMAN_AGENTS)
+
+
+def restful_accepts_json(accept: str | None) -> bool:
+    """go-restful's route match on Accept (``/version``): some clause, parameters cut off,
+    is exactly ``*/*`` or ``application/json``; an absent or empty header matches."""
+    if not accept:
+        return True
+    return any(
+        part.split(";", 1)[0].strip(" \t") in ("*/*", "application/json")
+        for part in accept.split(",")
+    )

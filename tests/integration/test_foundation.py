@@ -78,7 +78,7 @@ def test_raycluster_quickstart_over_http(proxy, samples: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/namespaces/default/pods", "/apis/apps/v1/deployments", "/nothing/here", "/"]
+    "path", ["/api/v1/namespaces/default/pods", "/apis/apps/v1/deployments", "/nothing/here"]
 )
 def test_paths_outside_the_served_routes_are_404_status(passthrough, path: str) -> None:
     code, headers, body = passthrough.request("GET", path)
@@ -87,6 +87,14 @@ def test_paths_outside_the_served_routes_are_404_status(passthrough, path: str) 
     status = json.loads(body)
     assert status["kind"] == "Status"
     assert status["code"] == 404 and status["reason"] == "NotFound"
+
+
+def test_the_root_lists_the_served_paths_as_the_api_server_lists_its_own(passthrough) -> None:
+    code, _, body = passthrough.request("GET", "/")
+    assert code == 200
+    paths = json.loads(body)["paths"]
+    assert paths == sorted(paths)
+    assert {"/apis/ray.io/v1", "/version", "/healthz", "/openapi/v3"} <= set(paths)
 
 
 def test_unknown_http_method_is_a_status(passthrough) -> None:

@@ -11,8 +11,10 @@ from tornado import httputil, web
 
 from watchcache.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.config import ResourceSpec
+from watchcache.gourl import decode_path, parse_query
 from watchcache.middleware.core import Request, Response
 from watchcache.negotiation import wants_pretty
+from watchcache.requestinfo import check_deadline
 from watchcache.status import StatusError, method_not_allowed, not_found_path
 
 if TYPE_CHECKING:
@@ -26,10 +28,9 @@ SEPARATE_HEAD_ABOVE = 256 * 1024
 
 
 def decoded_query(request: httputil.HTTPServerRequest) -> dict[str, list[str]]:
-    """The query as text; bytes that are not UTF-8 become U+FFFD rather than a 500."""
-    return {
-        k: [v.decode("utf-8", "replace") for v in vs] for k, vs in request.query_arguments.items()
-    }
+    """The query as kube-apiserver's Go reads it (watchcache.gourl); bytes that are not UTF-8
+    become U+FFFD rather than a 500."""
+    return parse_query(request.query)
 
 
 @web.stream_request_body
@@ -59,15 +60,18 @@ class BaseHandler(web.RequestHandler):
         self._received = 0
         self._chunks: list[bytes] = []
         lengths = self.request.headers.get_list("Content-Length")
-        if not lengths:
-            return
-        length = content_length(lengths)
-        if length is None:
+        length = content_length(lengths) if lengths else None
+        if lengths and length is None:
             # Go's server answers 400 and closes; tornado would append a bare 400 of its own
             # to this answer, so the connection goes once the Status is out.
             self.send_status(StatusError(400, f"bad Content-Length {lengths[0][:40]!r}"))
             self.request.connection.close()
-        elif length > MAX_BODY:
+            return
+        req = self.request
+        # ?timeout=, checked as the API server does ahead of everything (watchcache.requestinfo).
+        path = decode_path(req.path) or req.path
+        check_deadline(req.method or "GET", path, decoded_query(req), req.request_time())
+        if length is not None and length > MAX_BODY:
             raise request_too_large()
 
     def data_received(self, chunk: bytes) -> None:
@@ -245,6 +249,13 @@ class NotFoundHandler(BaseHandler):
 
     async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
         raise not_found_path()
+
+
+class BadPathHandler(BaseHandler):
+    """A path with an escape that does not decode: Go's server refuses it with a 400."""
+
+    def prepare(self) -> None:
+        raise StatusError(400, "malformed HTTP request: the path has an invalid escape")
 
 
 class HealthHandler(BaseHandler):

@@ -17,10 +17,17 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Literal
 
+import orjson
+
 from watchcache.discovery import Document, with_server_address
 from watchcache.handlers.base import BaseHandler, decoded_query
 from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.negotiation import accepts_json, wants_pretty
+from watchcache.negotiation import (
+    accepts_json,
+    parse_accept,
+    restful_accepts_json,
+    wants_pretty,
+)
 from watchcache.status import StatusError, method_not_allowed, not_found_path
 from watchcache.wire import go_indent
 
@@ -49,15 +56,21 @@ class DiscoveryHandler(BaseHandler):
         docs = self.runtime.discovery
         accept = self.request.headers.get("Accept", "")
         if self.kind == "version":
+            if not restful_accepts_json(accept):
+                raise StatusError(
+                    406, "406: Not Acceptable\n\nAvailable representations: application/json"
+                )
             doc = await docs.version()
         elif self.kind == "discovery":
             doc = await docs.discovery(self.request.path.rstrip("/") or "/", accept)
+        elif self.kind == "openapi/v3":
+            doc = await docs.openapi_v3_index()  # kube serves its index whatever Accept says
+        elif self.kind == "openapi/v3/gv" and accept and not parse_accept(accept):
+            return  # no clause parses: kube-openapi answers 200 with no body
         elif not accepts_json(accept):
             raise not_acceptable()
         elif self.kind == "openapi/v2":
             doc = await docs.openapi_v2()
-        elif self.kind == "openapi/v3":
-            doc = await docs.openapi_v3_index()
         else:
             found = await docs.openapi_v3(kwargs.get("gv") or "")
             if found is None:
@@ -141,6 +154,20 @@ class DiscoveryHandler(BaseHandler):
         )
 
 
+class RootPathsHandler(BaseHandler):
+    """``/``: the paths served, as the API server lists its own (``{"paths": [...]}``)."""
+
+    def initialize(self, runtime: Runtime, paths: list[str]) -> None:  # type: ignore[override]
+        super().initialize(runtime)
+        self.paths = paths
+
+    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
+        if self.request.method not in ("GET", "HEAD"):
+            raise method_not_allowed()
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"paths": self.paths}, option=orjson.OPT_INDENT_2))
+
+
 class NamespaceHandler(PassThroughHandler):
     """``GET /api/v1/namespaces/<name>``, passed through. Namespaces are not served, but
     kubectl asks for the namespace after a 404 in it, to tell "no such object" from "no such
@@ -172,6 +199,10 @@ def discovery_routes(runtime: Runtime, specs: list[ResourceSpec]) -> list[tuple[
     ]
     groups = {s.group for s in specs if s.group and s.served}
     gvs = {s.api_prefix for s in specs if s.served}
+    fixed = ["/api", "/apis", "/apis/", "/healthz", "/livez", "/metrics", "/openapi/v2"]
+    fixed += ["/openapi/v3", "/openapi/v3/", "/readyz", "/version"]
+    paths = sorted({*fixed, *(f"/apis/{g}" for g in groups), *gvs})
+    table.append((r"/", RootPathsHandler, {"runtime": runtime, "paths": paths}))
     for group in sorted(groups):
         table.append((rf"/apis/{re.escape(group)}/?", DiscoveryHandler, args("discovery")))
     for prefix in sorted(gvs):

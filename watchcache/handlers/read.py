@@ -43,6 +43,7 @@ from watchcache.negotiation import wants_pretty
 from watchcache.pagination import ContinueCodec
 from watchcache.status import StatusError, not_found, too_many_requests
 from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
+from watchcache.validation import check_read_target
 from watchcache.watch import Hub, TooOld
 from watchcache.wire import go_escape, go_indent, list_body
 
@@ -233,7 +234,9 @@ class ResourceHandler(PassThroughHandler):
             opts = parse_list_options(
                 query, allowed_field=self._allowed_field, own_token=self.resource.codec.ours
             )
+            check_read_target(self.resource.spec, namespace, None)
         else:
+            check_read_target(self.resource.spec, namespace, name)
             rv_text = parse_get_options(query)
         res = self.resource
         if not res.store.synced and not await res.store.wait_synced(res.sync_wait):

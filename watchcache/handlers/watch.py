@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import orjson
 from tornado import iostream
 
+from watchcache.handlers.websocket import WebSocketWatch, websocket_watch
 from watchcache.listoptions import ListOptions, resource_version_int, watch_too_old
 from watchcache.watch import Filter, TooOld, Watcher
 
@@ -48,6 +49,10 @@ async def serve_watch(
     handler: ResourceHandler, resource: CachedResource, namespace: str | None, opts: ListOptions
 ) -> None:
     store, hub = resource.store, resource.hub
+    ws = websocket_watch(handler)  # None: plain HTTP; raises a refused handshake
+    if opts.timeout_seconds is not None and opts.timeout_seconds < 0:
+        await _expired(handler, opts, ws)
+        return
     filter_ = Filter(namespace, opts.label_selector, opts.field_selector)
     watcher = hub.watcher(filter_)
     watcher.on_overflow = handler.request.connection.close  # type: ignore[union-attr]
@@ -90,17 +95,18 @@ async def serve_watch(
             watcher.skip_until = wanted
         except TooOld as exc:
             status = watch_too_old(exc.requested, exc.oldest + 1)
-            with contextlib.suppress(iostream.StreamClosedError):
-                await _start_stream(handler)
-                handler.write(b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n")
-            handler.finish()
+            with contextlib.suppress(iostream.StreamClosedError, TimeoutError):
+                writer = await _start_stream(handler, ws, watcher)
+                event = b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n"
+                await writer.write(event, resource.stall_timeout)
+            await _end(handler, ws)
             return
     hub.add(watcher)
 
     stall = resource.stall_timeout
     try:
-        await _start_stream(handler)
-        await _write_initial(handler, initial, watcher, stall)
+        writer = await _start_stream(handler, ws, watcher)
+        await _write_initial(writer, initial, watcher, stall)
         if watcher.ended:
             # Shut down, gone, or expired (a re-list) before the initial events were all
             # sent: what was queued (the 410 ERROR, if any) is the last thing written.
@@ -108,9 +114,7 @@ async def serve_watch(
                 handler.write(b"".join(watcher.drain(WRITE_BUDGET)))
             return
         if initial_end is not None:
-            handler.write(bookmark_frame(resource, initial_end, initial_end=True))
-            await _within(handler.flush(), stall)
-        writer = _BodyWriter(handler, watcher)
+            await writer.write(bookmark_frame(resource, initial_end, initial_end=True), stall)
         watcher.direct = writer.try_write
         await _stream(writer, resource, watcher, opts)
     except iostream.StreamClosedError:
@@ -119,22 +123,51 @@ async def serve_watch(
         # It stopped reading: close the connection, since a write it never takes would
         # never finish, and what it pins is freed only then.
         hub.ended_slow += 1
-        handler.request.connection.close()  # type: ignore[union-attr]
+        if ws is not None:
+            ws.abort()
+        else:
+            handler.request.connection.close()  # type: ignore[union-attr]
     finally:
         try:
-            if not handler._finished:
-                handler.finish()  # the terminating chunk: a clean end the client can tell
+            await _end(handler, ws)  # the terminating chunk: a clean end the client can tell
         finally:
             hub.remove(watcher)
 
 
-async def _start_stream(handler: ResourceHandler) -> None:
-    """Sends the head at once: a client waits for it before it counts the watch as open.
-    Even when asked for ``application/json;stream=watch``, kube-apiserver answers a JSON
-    watch as plain ``application/json`` (it adds ``;stream=watch`` only to protobuf)."""
+async def _expired(handler: ResourceHandler, opts: ListOptions, ws: WebSocketWatch | None) -> None:
+    """A negative timeoutSeconds: the API server's watch is past its deadline before it
+    starts, so it ends at once with no event; but a consistent start (no resourceVersion)
+    first waits for a fresh state, and that wait fails with an ERROR event."""
+    with contextlib.suppress(iostream.StreamClosedError, TimeoutError):
+        writer = await _start_stream(handler, ws, None)
+        if opts.resource_version is None and opts.send_initial_events:
+            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
+            status |= {"message": "context deadline exceeded", "reason": "InternalError"}
+            event = {"type": "ERROR", "object": status | {"code": 500}}
+            await writer.write(orjson.dumps(event) + b"\n", handler.resource.stall_timeout)
+    await _end(handler, ws)
+
+
+async def _start_stream(
+    handler: ResourceHandler, ws: WebSocketWatch | None, watcher: Watcher | None
+) -> _BodyWriter | WebSocketWatch:
+    """Sends the head at once: a client waits for it before it counts the watch as open
+    (over WebSocket, the 101). Even when asked for ``application/json;stream=watch``,
+    kube-apiserver answers a JSON watch as plain ``application/json`` (it adds
+    ``;stream=watch`` only to protobuf)."""
+    if ws is not None:
+        return ws.accept(watcher)
     handler.set_header("Content-Type", "application/json")
     handler.set_header("Cache-Control", "no-cache, private")
     await handler.flush()
+    return _BodyWriter(handler, watcher)
+
+
+async def _end(handler: ResourceHandler, ws: WebSocketWatch | None) -> None:
+    if ws is not None:
+        await ws.end()
+    elif not handler._finished:
+        handler.finish()
 
 
 async def _within(write: Awaitable[None], stall: float) -> None:
@@ -143,7 +176,7 @@ async def _within(write: Awaitable[None], stall: float) -> None:
 
 
 async def _write_initial(
-    handler: ResourceHandler, frames: Iterator[bytes], watcher: Watcher, stall: float
+    writer: _BodyWriter | WebSocketWatch, frames: Iterator[bytes], watcher: Watcher, stall: float
 ) -> None:
     """Writes about WRITE_BUDGET bytes per flush, building each batch only when the last one
     is out, so that a stalled or ended stream holds little, and stops as soon as the watch
@@ -154,26 +187,24 @@ async def _write_initial(
         batch.append(frame)
         size += len(frame)
         if size >= WRITE_BUDGET:
-            handler.write(b"".join(batch))
-            await _within(handler.flush(), stall)
+            await writer.write(b"".join(batch), stall)
             if watcher.ended:
                 return
             batch, size = [], 0
     if batch:
-        handler.write(b"".join(batch))
-        await _within(handler.flush(), stall)
+        await writer.write(b"".join(batch), stall)
 
 
 class _BodyWriter:
     """Writes body bytes to the connection's stream, chunk-framed as tornado would."""
 
-    def __init__(self, handler: ResourceHandler, watcher: Watcher) -> None:
+    def __init__(self, handler: ResourceHandler, watcher: Watcher | None) -> None:
         conn = handler.request.connection
         self.stream: iostream.IOStream = conn.stream  # type: ignore[union-attr]
         # HTTP/1.0 clients get the raw body, ended by closing the connection.
         self.chunked: bool = getattr(conn, "_chunking_output", True)
         self.busy = False
-        self.watcher = watcher
+        self.watcher = watcher  # None: a watch that ends at once (no fast path)
         # A fast-path write the socket did not take at once: the coroutine must see it
         # finish within the stall bound, even if no other event ever comes.
         self.pending: asyncio.Future[None] | None = None
@@ -189,7 +220,7 @@ class _BodyWriter:
         done.add_done_callback(_ignore_closed)
         if not done.done():
             self.pending = done  # type: ignore[assignment]
-            self.watcher.poke()
+            self.watcher.poke()  # type: ignore[union-attr]
         return True
 
     async def settle(self, stall: float) -> None:

@@ -1,0 +1,107 @@
+"""A request URL read as kube-apiserver's Go ``net/url`` reads it, so that watchcache routes
+and parses exactly what the API server would.
+
+Go and Python differ on malformed URLs, and a client must not tell the two apart by them:
+
+- The query: Go splits on ``&`` only, skips a pair that holds a ``;`` or an undecodable
+  ``%`` escape (the rest of the query still counts), and reads no parameter at all when there
+  are more than 10,000. Python keeps such pairs, undecoded.
+- The path: Go decodes it before anything routes on it (``%2F`` is a ``/``, ``%2E`` a
+  ``.``), and refuses a path with an undecodable escape (400). Tornado routes on the raw path
+  and decodes only the matched groups.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tornado import httputil
+from tornado.routing import PathMatches
+
+MAX_QUERY_PARAMS = 10_000  # net/url's default (GODEBUG urlmaxqueryparams)
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _unescape(data: bytes, *, plus: bool) -> bytes | None:
+    """net/url's unescape: None for a ``%`` not followed by two hex digits."""
+    if b"%" not in data and not (plus and b"+" in data):
+        return data
+    out = bytearray()
+    i, n = 0, len(data)
+    while i < n:
+        ch = data[i]
+        if ch == 0x25:  # %
+            if i + 2 >= n or data[i + 1] not in _HEX or data[i + 2] not in _HEX:
+                return None
+            out.append(int(data[i + 1 : i + 3], 16))
+            i += 3
+            continue
+        out.append(0x20 if plus and ch == 0x2B else ch)
+        i += 1
+    return bytes(out)
+
+
+def parse_query(raw: str | bytes) -> dict[str, list[str]]:
+    """url.ParseQuery's values (errors dropped, as Request.URL.Query() drops them); bytes
+    that are not UTF-8 become U+FFFD."""
+    data = raw.encode("latin-1", "replace") if isinstance(raw, str) else raw
+    out: dict[str, list[str]] = {}
+    if data.count(b"&") + 1 > MAX_QUERY_PARAMS:
+        return out
+    for pair in data.split(b"&"):
+        if not pair or b";" in pair:
+            continue
+        key, _, value = pair.partition(b"=")
+        k, v = _unescape(key, plus=True), _unescape(value, plus=True)
+        if k is None or v is None:
+            continue
+        out.setdefault(k.decode("utf-8", "replace"), []).append(v.decode("utf-8", "replace"))
+    return out
+
+
+def decode_path(raw: str) -> str | None:
+    """The path as Go's URL.Path holds it, or None when it does not decode (Go: 400)."""
+    decoded = _unescape(raw.encode("latin-1", "replace"), plus=False)
+    return None if decoded is None else decoded.decode("utf-8", "replace")
+
+
+class DecodedPathMatches(PathMatches):
+    """A tornado route matched against the decoded path, as kube-apiserver matches its
+    routes; the groups are handed on decoded once (tornado would decode them again)."""
+
+    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        path = decode_path(request.path)
+        if path is None:
+            return None
+        found = self.regex.match(path)
+        if found is None:
+            return None
+        if not self.regex.groups:
+            return {}
+        if self.regex.groupindex:
+            kwargs = {
+                str(k): None if v is None else v.encode() for k, v in found.groupdict().items()
+            }
+            return {"path_args": [], "path_kwargs": kwargs}
+        args = [None if v is None else v.encode() for v in found.groups()]
+        return {"path_args": args, "path_kwargs": {}}
+
+
+class UndecodablePath(PathMatches):
+    """Matches any request whose path Go could not decode: routed to a 400."""
+
+    def __init__(self) -> None:
+        super().__init__(re.compile(r".*"))
+
+    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
+        return None if decode_path(request.path) is not None else {}
+
+
+def decoded_rule(rule: Any) -> Any:
+    """A route-table entry whose pattern is matched on the decoded path, which may hold any
+    character: ``.`` matches a newline too, and the end is the very end."""
+    if isinstance(rule, (tuple, list)) and isinstance(rule[0], str):
+        regex = re.compile(rule[0].removesuffix("$") + r"\Z", re.DOTALL)
+        return (DecodedPathMatches(regex), *rule[1:])
+    return rule
