@@ -171,8 +171,11 @@ async def _end(handler: ResourceHandler, ws: WebSocketWatch | None) -> None:
 
 
 async def _within(write: Awaitable[None], stall: float) -> None:
-    """A write the client must take within ``stall`` seconds (TimeoutError otherwise)."""
-    await asyncio.wait_for(write, stall)
+    """A write the client must take within ``stall`` seconds (TimeoutError otherwise).
+
+    Shielded: tornado's own write future must not be cancelled (it would log the
+    cancellation); it ends when the connection is closed after the time-out."""
+    await asyncio.wait_for(asyncio.shield(write), stall)
 
 
 async def _write_initial(
@@ -227,7 +230,7 @@ class _BodyWriter:
         """Waits, bounded, for a fast-path write still in the socket's buffer."""
         pending, self.pending = self.pending, None
         if pending is not None and not pending.done():
-            await _within(asyncio.shield(pending), stall)
+            await _within(pending, stall)
 
     async def write(self, data: bytes, stall: float) -> None:
         self.busy = True
