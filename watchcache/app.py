@@ -9,7 +9,7 @@ import signal
 from collections.abc import Sequence
 from typing import Any
 
-from tornado import httpserver, web
+from tornado import httputil, web
 from tornado.netutil import bind_sockets
 
 from watchcache.config import ResourceSpec, Settings
@@ -44,6 +44,7 @@ from watchcache.middleware.kuberay import (
 from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates
 from watchcache.pagination import ContinueCodec
 from watchcache.reflector import Reflector
+from watchcache.serving import BoundedHTTPServer, ConnectionStats
 from watchcache.store import Store
 from watchcache.upstream import Credentials, Upstream, load_credentials
 from watchcache.watch import HistoryLimits, Hub
@@ -61,6 +62,7 @@ class Runtime:
         self.upstream = upstream
         self.retry = settings.retry
         self.requests = RequestCounter()
+        self.connections = ConnectionStats()  # replaced by the server's own when it starts
         self.cached: dict[ResourceSpec, CachedResource] = {}
         self.reflectors: list[Reflector] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,11 +122,15 @@ class Runtime:
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
 
-    async def stop(self) -> None:
+    async def end_watches(self) -> None:
+        """Ends every watch stream cleanly; the caches stay fed (writes in flight wait on them)."""
         for resource in self.cached.values():
             resource.hub.close_all()
         # Let every stream write its terminating chunk before connections are closed.
         await asyncio.gather(*(r.hub.wait_closed(5.0) for r in self.cached.values()))
+
+    async def stop(self) -> None:
+        await self.end_watches()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -177,20 +183,38 @@ def make_app(runtime: Runtime) -> web.Application:
     )
 
 
+LOGGED_URI = 512  # characters of a request's URI (and 32 of its method) in the log
+
+
 def _log_request(handler: web.RequestHandler) -> None:
     status = handler.get_status()
     runtime = getattr(handler, "runtime", None)
     if runtime is not None:
         runtime.requests.count(handler.request.method or "", status)
     level = logging.WARNING if status >= 500 else logging.DEBUG
+    if not log.isEnabledFor(level):
+        return
     log.log(
         level,
         "%s %s %d %.1fms",
-        handler.request.method,
-        handler.request.uri,
+        _clip(handler.request.method or "", 32),
+        _clip(handler.request.uri or "", LOGGED_URI),
         status,
         1000.0 * handler.request.request_time(),
     )
+
+
+def _clip(text: str, limit: int) -> str:
+    """A client's text for the log: bounded, so that a huge method or URI cannot flood it."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
+def _bound_query_params(limit: int) -> None:
+    """tornado parses a query under one process-wide bound (1,000 fields by default, fewer
+    than kube-apiserver accepts); set it to the server's. More fields are answered 400."""
+    config = httputil.ParseBodyConfig()
+    config.urlencoded.max_arguments = limit
+    httputil.set_parse_body_config(config)
 
 
 class Server:
@@ -207,7 +231,7 @@ class Server:
         self.middleware = list(middleware)
         self._credentials = credentials
         self.runtime: Runtime | None = None
-        self._http: httpserver.HTTPServer | None = None
+        self._http: BoundedHTTPServer | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
@@ -217,23 +241,38 @@ class Server:
         self.runtime = Runtime(self.settings, Upstream(creds), self.middleware)
         self.runtime.start()
         app = make_app(self.runtime)
-        self._http = httpserver.HTTPServer(app, xheaders=False, idle_connection_timeout=300)
+        limits = self.settings.limits
+        _bound_query_params(limits.max_query_params)
+        self._http = BoundedHTTPServer(app, limits, xheaders=False)
+        self.runtime.connections = self._http.stats
         sockets = bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
         log.info(
-            "watchcache serving on http://%s:%d (upstream %s, %s)",
+            "watchcache serving on http://%s:%d (upstream %s, %s, at most %d connections)",
             self.settings.bind,
             self.port,
             creds.server,
             "cache" if self.settings.cache else "pass-through",
+            self._http.max_connections,
         )
 
     async def stop(self) -> None:
+        """Stops accepting, ends the watches, lets requests in flight finish (within the
+        shutdown grace), and only then stops the caches and closes what is left."""
         if self._http is not None:
             self._http.stop()
+            self._http.drain()
         if self.runtime is not None:
-            await self.runtime.stop()  # ends every watch stream cleanly first
+            await self.runtime.end_watches()
+        if self._http is not None:
+            grace = self.settings.limits.shutdown_grace
+            if not await self._http.wait_idle(grace):
+                log.warning(
+                    "%d requests still in flight after %gs; closing them", self._http.busy(), grace
+                )
+        if self.runtime is not None:
+            await self.runtime.stop()
         if self._http is not None:
             await self._http.close_all_connections()
         if self.runtime is not None:

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from watchcache.config import Settings
+from watchcache.config import ServerLimits, Settings
 from watchcache.retry import RetryPolicy
 
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
@@ -83,6 +83,75 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="how many recent events per resource are kept for watches to resume from",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _limits(parser)
+
+
+def _limits(parser: argparse.ArgumentParser) -> None:
+    """The server's bounds; defaults from ServerLimits, listed in the README's "Limits"."""
+    d = ServerLimits()
+    group = parser.add_argument_group("limits")
+    group.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        metavar="N",
+        help="open client connections (lowered to fit the descriptor limit); when full, the "
+        "connection waiting longest for its headers is closed, else the newcomer gets 429",
+    )
+    group.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout,
+        metavar="SECONDS",
+        help="time a new connection has to send its request headers",
+    )
+    group.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=d.idle_timeout,
+        metavar="SECONDS",
+        help="time a kept-alive connection has to send its next request's headers",
+    )
+    group.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout,
+        metavar="SECONDS",
+        help="time to receive a request body",
+    )
+    group.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=d.max_header_bytes,
+        metavar="BYTES",
+        help="request line and headers together; larger is answered 431",
+    )
+    group.add_argument(
+        "--max-query-params",
+        type=int,
+        default=d.max_query_params,
+        metavar="N",
+        help="query parameters of one request; more is answered 400",
+    )
+    group.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=d.shutdown_grace,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
+    )
+
+
+def limits_from(args: argparse.Namespace) -> ServerLimits:
+    return ServerLimits(
+        max_connections=max(args.max_connections, 1),
+        header_timeout=args.header_timeout,
+        idle_timeout=args.idle_timeout,
+        body_timeout=args.body_timeout,
+        max_header_bytes=args.max_header_bytes,
+        max_query_params=args.max_query_params,
+        shutdown_grace=max(args.shutdown_grace, 0.0),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +195,7 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "watch_history_events": args.watch_history_events,
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
+        "limits": limits_from(args),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -48,6 +48,26 @@ RAY_RESOURCES: tuple[ResourceSpec, ...] = (
 )
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ServerLimits:
+    """The HTTP server's bounds (README, "Limits"): what one client, or many, may hold."""
+
+    # Open client connections; lowered at start to fit the descriptor limit (serving.py).
+    max_connections: int = 2048
+    # A new connection's time to send its request headers (kube-apiserver: 32 s).
+    header_timeout: float = 32.0
+    # A kept-alive connection's time to send its next request's headers (kube-apiserver: 90 s).
+    idle_timeout: float = 90.0
+    # Time to receive a request body once its headers are in.
+    body_timeout: float = 60.0
+    # The request line and headers together (kube-apiserver: 1 MiB); beyond, 431.
+    max_header_bytes: int = 64 * 1024
+    # Query parameters of one request (Go's own bound); beyond, 400.
+    max_query_params: int = 10_000
+    # On SIGTERM/SIGINT: how long requests in flight may take to finish.
+    shutdown_grace: float = 20.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything that shapes one server. Defaults are the ones `watchcache serve` uses."""
@@ -77,4 +97,5 @@ class Settings:
     # The KubeRay features: compute templates, Ray events, the dashboard service proxy.
     kuberay_features: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    limits: ServerLimits = field(default_factory=ServerLimits)
     extra: dict[str, object] = field(default_factory=dict)

@@ -2,6 +2,10 @@
 
 Nothing on the request path updates a metric except one counter per answered request;
 everything else (cache sizes, versions, watchers) is read from the objects that own it.
+
+Every label value that comes from a request is taken from a closed set (a method watchcache
+does not know is ``OTHER``, a code outside 100..599 is ``0``): a client choosing label values
+could otherwise grow this page, and the memory behind it, without bound.
 """
 
 from __future__ import annotations
@@ -13,18 +17,36 @@ if TYPE_CHECKING:
     from watchcache.app import Runtime
 
 
+METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in METHODS else "OTHER"
+
+
+def code_label(code: int) -> int:
+    return code if 100 <= code <= 599 else 0
+
+
 class RequestCounter:
-    """Answered requests by method and status code."""
+    """Answered requests by method and status code, both from closed sets."""
 
     def __init__(self) -> None:
         self.counts: Counter[tuple[str, int]] = Counter()
 
     def count(self, method: str, code: int) -> None:
-        self.counts[(method, code)] += 1
+        self.counts[(method_label(method), code_label(code))] += 1
+
+
+def _escape(value: object) -> str:
+    """A label value in the text format's escaping (backslash, quote, newline)."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _labels(**labels: object) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(34), chr(39))}"' for k, v in labels.items())
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
     return "{" + inner + "}"
 
 
@@ -41,6 +63,32 @@ def render(runtime: Runtime, requests: RequestCounter) -> bytes:
         "counter",
         "Answered HTTP requests.",
         [(_labels(method=m, code=c), n) for (m, c), n in sorted(requests.counts.items())],
+    )
+    conns = runtime.connections
+    metric("watchcache_http_connections", "gauge", "Open client connections.", [("", conns.open)])
+    metric(
+        "watchcache_http_connections_evicted_total",
+        "counter",
+        "Connections closed, while waiting for request headers, to make room (--max-connections).",
+        [("", conns.evicted)],
+    )
+    metric(
+        "watchcache_http_connections_refused_total",
+        "counter",
+        "Connections answered 429 because every connection was busy (--max-connections).",
+        [("", conns.refused)],
+    )
+    metric(
+        "watchcache_http_accept_pauses_total",
+        "counter",
+        "Pauses of the accept loop for want of file descriptors.",
+        [("", conns.accept_pauses)],
+    )
+    metric(
+        "watchcache_http_headers_too_large_total",
+        "counter",
+        "Requests answered 431 (--max-header-bytes).",
+        [("", conns.header_refusals)],
     )
     cached = runtime.cached.items()
     res = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from asyncio import Future
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -27,6 +28,19 @@ log = logging.getLogger("watchcache.http")
 SEPARATE_HEAD_ABOVE = 256 * 1024
 
 
+# The methods tornado dispatches to a handler's own method; any other is answered in prepare.
+STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+class _EveryMethod(tuple[str, ...]):
+    """SUPPORTED_METHODS that admits every method, so that TRACE, CONNECT and unknown ones
+    reach ``prepare`` and get the answer kube-apiserver gives on that path (404, 405, or the
+    GET answer), not tornado's blanket 405."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
 def decoded_query(request: httputil.HTTPServerRequest) -> dict[str, list[str]]:
     """The query as kube-apiserver's Go reads it (watchcache.gourl); bytes that are not UTF-8
     become U+FFFD rather than a 500."""
@@ -44,7 +58,7 @@ class BaseHandler(web.RequestHandler):
     unless it streams (it flushed), in which case the middleware see ``body=None``.
     """
 
-    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+    SUPPORTED_METHODS = _EveryMethod(STANDARD_METHODS)
     runtime: Runtime
     resource_spec: ResourceSpec | None = None
     # The query the endpoint answers: the client's, as the middleware left it.
@@ -59,6 +73,9 @@ class BaseHandler(web.RequestHandler):
     def prepare(self) -> None:
         self._received = 0
         self._chunks: list[bytes] = []
+        self.client_method = self.request.method or ""
+        if self.client_method not in STANDARD_METHODS:
+            self.other_method()
         lengths = self.request.headers.get_list("Content-Length")
         length = content_length(lengths) if lengths else None
         if lengths and length is None:
@@ -86,7 +103,28 @@ class BaseHandler(web.RequestHandler):
         self._chunks.append(chunk)
 
     async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
-        raise method_not_allowed()
+        raise self.refuse_method()
+
+    def other_method(self) -> None:
+        """A method outside STANDARD_METHODS, before any middleware: refused by default;
+        a handler that answers every method as GET (as kube-apiserver does on some paths)
+        rewrites ``request.method`` instead."""
+        raise self.refuse_method()
+
+    def refuse_method(self) -> StatusError:
+        """What kube-apiserver answers to a method a path does not serve: on a resource,
+        405 naming it, but 404 on the all-namespaces list of a namespaced one (it has no
+        verb but GET there); elsewhere its generic 405."""
+        spec = self.resource_spec
+        if spec is None:
+            return method_not_allowed()
+        if spec.namespaced and not self.path_kwargs.get("namespace"):
+            return not_found_path()
+        err = method_not_allowed({"group": spec.group, "kind": spec.plural})
+        kind = f"{spec.plural}.{spec.group}" if spec.group else spec.plural
+        # kube's message names the verb, which is empty for a method it does not know.
+        err.message = f' is not supported on resources of kind "{kind}"'
+        return err
 
     # ---- the middleware chain --------------------------------------------------------------
     async def _chained(self, *args: str | None, **kwargs: str | None) -> None:
@@ -223,11 +261,15 @@ class BaseHandler(web.RequestHandler):
         elif status_code == 404:
             err = not_found_path()
         elif status_code == 405:
-            err = method_not_allowed()
+            err = self.refuse_method()
         elif isinstance(exc, web.HTTPError) and status_code < 500:
             err = StatusError(status_code, exc.log_message or self._reason)
         else:
-            err = StatusError(500, "an internal error occurred in watchcache; see its log")
+            error_id = getattr(self, "_error_id", None) or _error_id()
+            err = StatusError(
+                500,
+                f"an internal error occurred in watchcache (error id {error_id}); see its log",
+            )
         self.send_status(err)
 
     def _handle_request_exception(self, e: BaseException) -> None:
@@ -238,9 +280,41 @@ class BaseHandler(web.RequestHandler):
         super()._handle_request_exception(e)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """A StatusError is an answer, not a failure; tornado's own HTTPError is one line;
+        anything else is a failure watchcache could not classify: logged with its traceback
+        under an id that the 500 Status names, so the two can be matched."""
         if isinstance(value, StatusError):
             return
-        super().log_exception(typ, value, tb)
+        method = self.request.method or ""
+        path = self.request.path or ""
+        if isinstance(value, web.HTTPError):
+            log.debug("%d %s %s: %s", value.status_code, method[:32], path[:512], value)
+            return
+        self._error_id = _error_id()
+        log.error(
+            "internal error %s in %s %s",
+            self._error_id,
+            method[:32],
+            path[:512],
+            exc_info=(typ, value, tb),
+        )
+
+
+def _error_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class AnyMethodHandler(BaseHandler):
+    """A path kube-apiserver answers the same whatever the method (the health checks,
+    /metrics): every method is served by ``get``, HEAD without its body."""
+
+    def other_method(self) -> None:
+        self.request.method = "GET"
+
+    def post(self, *args: str, **kwargs: str) -> Any:  # type: ignore[override]
+        return self.get(*args, **kwargs)
+
+    head = put = patch = delete = options = post  # type: ignore[assignment]
 
 
 class NotFoundHandler(BaseHandler):
@@ -250,6 +324,8 @@ class NotFoundHandler(BaseHandler):
     async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
         raise not_found_path()
 
+    def refuse_method(self) -> StatusError:
+        return not_found_path()
 
 class BadPathHandler(BaseHandler):
     """A path with an escape that does not decode: Go's server refuses it with a 400."""
@@ -258,7 +334,7 @@ class BadPathHandler(BaseHandler):
         raise StatusError(400, "malformed HTTP request: the path has an invalid escape")
 
 
-class HealthHandler(BaseHandler):
+class HealthHandler(AnyMethodHandler):
     """``/healthz`` and ``/livez``: the process answers (outside the middleware chain)."""
 
     def get(self) -> None:  # type: ignore[override]
@@ -266,7 +342,7 @@ class HealthHandler(BaseHandler):
         self.finish(b"ok")
 
 
-class ReadyHandler(BaseHandler):
+class ReadyHandler(AnyMethodHandler):
     """``/readyz``: ready once every cache has synced (at once in pass-through mode)."""
 
     def get(self) -> None:  # type: ignore[override]
@@ -279,7 +355,7 @@ class ReadyHandler(BaseHandler):
             self.finish(b"ok")
 
 
-class MetricsHandler(BaseHandler):
+class MetricsHandler(AnyMethodHandler):
     """``/metrics``: Prometheus text, outside the middleware chain."""
 
     def get(self) -> None:  # type: ignore[override]

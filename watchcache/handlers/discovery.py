@@ -50,8 +50,26 @@ class DiscoveryHandler(BaseHandler):
         super().initialize(runtime)
         self.kind = kind
 
+    def get_only(self) -> bool:
+        """kube-apiserver serves /version, /api[/v1] and built-in groups' documents on GET
+        alone (405 otherwise, HEAD included); /apis, CRD groups and OpenAPI on any method."""
+        if self.kind == "version":
+            return True
+        if self.kind != "discovery":
+            return False
+        parts = self.request.path.strip("/").split("/")
+        if parts[0] == "api":
+            return True
+        group = parts[1] if len(parts) > 1 else ""
+        return bool(group) and ("." not in group or group.endswith(".k8s.io"))
+
+    def other_method(self) -> None:
+        if self.get_only():
+            raise method_not_allowed()
+        self.request.method = "GET"
+
     async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
-        if self.request.method not in ("GET", "HEAD"):
+        if self.request.method != "GET" and self.get_only():
             raise method_not_allowed()
         docs = self.runtime.discovery
         accept = self.request.headers.get("Accept", "")

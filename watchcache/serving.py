@@ -1,0 +1,389 @@
+"""The HTTP server's own bounds: connections, header and idle time, header size, the accept loop.
+
+tornado's HTTPServer leaves these to the application. Left alone, a half-open connection may
+take an hour to send its headers, at the descriptor limit the accept loop spins and logs a
+traceback per attempt, and a header block over the limit or a query of too many fields is
+answered with an empty 400 or a closed socket. ``BoundedHTTPServer`` keeps tornado's request
+handling and bounds what surrounds it:
+
+- at most ``max_connections`` open connections, below the descriptor limit; when full, the
+  connection that has waited longest for its request headers is closed to make room (that is
+  where slowloris and half-open clients sit), and only when every connection is busy is the
+  newcomer refused, with a 429 ``Status``;
+- a new connection has ``header_timeout`` to send its request headers, a kept-alive one
+  ``idle_timeout`` (idle time and headers together) to send the next request;
+- ``EMFILE`` and its kin pause accepting with a backoff instead of spinning, logged at most
+  once per ``LOG_EVERY`` seconds;
+- a header block over ``max_header_bytes`` is answered 431, an unparsable request or a query
+  of too many fields 400, each with a ``Status`` body;
+- ``drain()`` closes idle connections and lets busy ones finish their answer (shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import errno
+import logging
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tornado import httputil, iostream
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.ioloop import IOLoop
+
+from watchcache.config import ServerLimits
+from watchcache.status import StatusError, too_many_requests
+
+log = logging.getLogger("watchcache.http")
+
+LOG_EVERY = 10.0  # seconds between two log lines about the same accept failure
+BACKOFF_FIRST, BACKOFF_MAX = 0.005, 1.0  # pause of the accept loop at the descriptor limit
+LINGER_SECONDS, LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused header block
+ACCEPTS_PER_WAKEUP = 128
+# What tornado writes, alone, for a request it cannot parse.
+_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+# Descriptors kept free for the upstream connections, logs and files.
+FD_RESERVE = 64
+_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+def raw_answer(err: StatusError, *, close: bool = True) -> bytes:
+    """A whole HTTP/1.1 answer carrying ``err`` as a Status, for the paths outside tornado's
+    handlers (refused connections, unparsable requests)."""
+    body = err.body()
+    reason = httputil.responses.get(err.code, "Unknown")
+    head = [
+        f"HTTP/1.1 {err.code} {reason}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *(f"{k}: {v}" for k, v in err.headers.items()),
+    ]
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def headers_too_large(limit: int) -> StatusError:
+    return StatusError(
+        431, f"request header fields too large: limit is {limit} bytes", reason="BadRequest"
+    )
+
+
+def descriptor_cap(wanted: int) -> int:
+    """``wanted`` connections, or fewer if the descriptor limit cannot hold them and one
+    upstream connection each (the soft limit is raised to the hard one first, as Go does)."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, (soft - FD_RESERVE) // 2))
+
+
+@dataclass
+class ConnectionStats:
+    """What /metrics shows of the connections (counters only grow)."""
+
+    open: int = 0
+    evicted: int = 0
+    refused: int = 0
+    accept_pauses: int = 0
+    header_refusals: int = 0
+
+
+class _Throttled:
+    """One log line per ``LOG_EVERY`` seconds for a recurring failure, with a count."""
+
+    def __init__(self) -> None:
+        self._last = -LOG_EVERY
+        self._skipped = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last < LOG_EVERY:
+            self._skipped += 1
+            return
+        suffix = f" ({self._skipped} more since the last report)" if self._skipped else ""
+        self._last, self._skipped = now, 0
+        log.warning(message + suffix, *args)
+
+
+class _Stream(iostream.IOStream):
+    """An IOStream that answers, rather than drops, the requests tornado refuses itself."""
+
+    server: BoundedHTTPServer
+    reading_headers = True
+    refusal: str | None = None  # why the guard refused the request, for the 400 below
+    _refuse_headers = False
+
+    def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
+        if bytes(data[: len(_BARE_400)]) == _BARE_400 and len(data) == len(_BARE_400):
+            message = self.refusal or "the request could not be parsed as HTTP/1.1"
+            data = raw_answer(StatusError(400, message))
+        return super().write(data)
+
+    def close(self, exc_info: Any = False) -> None:
+        if not self.closed() and isinstance(exc_info, iostream.UnsatisfiableReadError):
+            # Only a bounded read overflows: the header block, or a chunk-size line.
+            self._refuse_headers = True
+        super().close(exc_info)
+
+    def close_fd(self) -> None:
+        if self._refuse_headers and self.socket is not None:
+            sock, self.socket = self.socket, None
+            if self.reading_headers:
+                err = headers_too_large(self.server.limits.max_header_bytes)
+                self.server.stats.header_refusals += 1
+            else:
+                err = StatusError(400, "malformed chunked request body")
+            self.server.linger(sock, raw_answer(err))
+            return
+        super().close_fd()
+
+
+class _Guard(httputil.HTTPMessageDelegate):
+    """Wraps the application's delegate for one request: marks the connection busy once its
+    headers are in, and turns tornado's own input errors into a message for the 400."""
+
+    def __init__(
+        self,
+        server: BoundedHTTPServer,
+        conn: HTTP1ServerConnection,
+        inner: httputil.HTTPMessageDelegate,
+    ) -> None:
+        self.server = server
+        self.conn = conn
+        self.inner = inner
+
+    def headers_received(
+        self,
+        start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+        headers: httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        self.server._busy(self.conn)
+        stream = self.conn.stream
+        if isinstance(stream, _Stream):
+            stream.reading_headers = False
+        try:
+            return self.inner.headers_received(start_line, headers)
+        except httputil.HTTPInputError as exc:
+            if isinstance(stream, _Stream):
+                stream.refusal = str(exc)[:200]
+            raise
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()
+
+
+class BoundedHTTPServer(HTTPServer):
+    """tornado's HTTPServer with the bounds this module describes."""
+
+    def initialize(  # type: ignore[override]  # tornado's Configurable calls this, not __init__
+        self, request_callback: Any, limits: ServerLimits, **kwargs: Any
+    ) -> None:
+        # The header timeout is set per request (start_request); body_timeout is tornado's.
+        super().initialize(
+            request_callback,
+            max_header_size=limits.max_header_bytes,
+            body_timeout=limits.body_timeout,
+            idle_connection_timeout=limits.idle_timeout,
+            **kwargs,
+        )
+        self.limits = limits
+        self.max_connections = descriptor_cap(limits.max_connections)
+        self.stats = ConnectionStats()
+        self.draining = False
+        self._waiting: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
+        self._served: set[HTTP1ServerConnection] = set()  # has had a request (keep-alive)
+        self._lingering: set[asyncio.Task[None]] = set()
+        self._backoff = BACKOFF_FIRST
+        self._accept_log = _Throttled()
+        self._settled: asyncio.Event | None = None  # set once draining has no request left
+
+    # ---- accepting -----------------------------------------------------------------------
+    def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        loop = IOLoop.current()
+        for sock in sockets:
+            sock.setblocking(False)
+            fd = sock.fileno()
+            self._sockets[fd] = sock
+            loop.add_handler(fd, lambda _fd, _ev, s=sock: self._accept(s), IOLoop.READ)
+            self._handlers[fd] = lambda fd=fd: self._unwatch(fd)
+
+    def _unwatch(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            IOLoop.current().remove_handler(fd)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                conn, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause(sock, exc)
+                else:
+                    self._accept_log.warning("accept failed: %s", exc)
+                return
+            self._backoff = BACKOFF_FIRST
+            self._admit(conn, address)
+
+    def _pause(self, sock: socket.socket, exc: OSError) -> None:
+        """Out of descriptors: stop polling the listener for a while instead of spinning."""
+        fd = sock.fileno()
+        self.stats.accept_pauses += 1
+        self._accept_log.warning(
+            "accept failed (%s) with %d connections open; pausing accept for %.3fs",
+            exc.strerror or exc,
+            len(self._connections),
+            self._backoff,
+        )
+        self._unwatch(fd)
+        delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+
+        def resume() -> None:
+            if not self._stopped and fd in self._sockets:
+                IOLoop.current().add_handler(fd, lambda _fd, _ev: self._accept(sock), IOLoop.READ)
+
+        IOLoop.current().call_later(delay, resume)
+
+    def _admit(self, conn: socket.socket, address: Any) -> None:
+        if len(self._connections) + len(self._lingering) >= self.max_connections:
+            if self._waiting:
+                oldest = next(iter(self._waiting))
+                self._waiting.pop(oldest)
+                self.stats.evicted += 1
+                oldest.stream.close()
+            else:
+                self.stats.refused += 1
+                self._refuse(conn)
+                return
+        stream = _Stream(
+            conn, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
+        )
+        stream.server = self
+        self.handle_stream(stream, address)
+
+    def _refuse(self, conn: socket.socket) -> None:
+        err = too_many_requests("too many open connections, please try again later", 1)
+        try:
+            conn.setblocking(False)
+            conn.send(raw_answer(err))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.close()
+
+    # ---- connections ---------------------------------------------------------------------
+    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        # Parameters of its own: its header timeout changes after its first request.
+        conn = HTTP1ServerConnection(stream, copy.copy(self.conn_params), context)
+        self._connections.add(conn)
+        self.stats.open = len(self._connections)
+        conn.start_serving(self)
+
+    def start_request(
+        self, server_conn: object, request_conn: httputil.HTTPConnection
+    ) -> httputil.HTTPMessageDelegate:
+        conn: HTTP1ServerConnection = server_conn  # type: ignore[assignment]
+        inner = super().start_request(server_conn, request_conn)
+        if conn in self._served:
+            conn.params.header_timeout = self.limits.idle_timeout
+        else:
+            conn.params.header_timeout = self.limits.header_timeout
+            self._served.add(conn)
+        stream = conn.stream
+        if isinstance(stream, _Stream):
+            stream.reading_headers = True
+            stream.refusal = None
+        if self.draining:
+            stream.close()  # the previous answer is out; no new request starts
+        else:
+            self._waiting[conn] = None
+        self._check_settled()
+        return _Guard(self, conn, inner)
+
+    def _busy(self, conn: HTTP1ServerConnection) -> None:
+        self._waiting.pop(conn, None)
+
+    def on_close(self, server_conn: object) -> None:
+        conn: HTTP1ServerConnection = server_conn  # type: ignore[assignment]
+        self._waiting.pop(conn, None)
+        self._served.discard(conn)
+        super().on_close(server_conn)
+        self.stats.open = len(self._connections)
+        self._check_settled()
+
+    def linger(self, sock: socket.socket, answer: bytes) -> None:
+        """Sends ``answer`` on a socket tornado gave up, then reads and drops what the client
+        still sends for a moment, so that closing does not reset the answer away."""
+        task = asyncio.ensure_future(_linger(sock, answer))
+        self._lingering.add(task)
+        task.add_done_callback(self._lingering.discard)
+
+    # ---- shutdown ------------------------------------------------------------------------
+    def drain(self) -> None:
+        """Closes every idle connection; busy ones close once their answer is out."""
+        self.draining = True
+        for conn in list(self._waiting):
+            conn.stream.close()
+        self._waiting.clear()
+
+    def busy(self) -> int:
+        return len(self._connections) - len(self._waiting)
+
+    async def wait_idle(self, grace: float) -> bool:
+        """Waits up to ``grace`` seconds for requests in flight; True if none is left."""
+        self._settled = asyncio.Event()
+        self._check_settled()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), grace)
+        return self.busy() == 0
+
+    def _check_settled(self) -> None:
+        if self._settled is not None and self.busy() == 0:
+            self._settled.set()
+
+
+async def _linger(sock: socket.socket, answer: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        sock.setblocking(False)
+        await asyncio.wait_for(loop.sock_sendall(sock, answer), LINGER_SECONDS)
+        sock.shutdown(socket.SHUT_WR)
+        deadline = loop.time() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES and loop.time() < deadline:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), deadline - loop.time())
+            if not chunk:
+                break
+            drained += len(chunk)
+    except (TimeoutError, OSError):
+        pass
+    finally:
+        sock.close()
