@@ -426,3 +426,48 @@ def test_methods_per_path_answer_as_kube_apiserver(
                 assert reason_of(body), (method, path, body[:200])
     assert not differences, "\n".join(map(str, differences))
     assert_healthy(limited, log_from)
+
+
+# ---- failures watchcache cannot classify ---------------------------------------------------
+def test_unclassified_failure_is_a_500_status_with_an_id_the_log_shows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that raises something unexpected: the client gets a 500 Status naming an
+    error id, and the log has that id with the traceback (and nothing else does).
+    In-process, since no client input is known to cause one."""
+    from types import SimpleNamespace
+
+    from tornado import web
+
+    from watchcache.handlers.base import BaseHandler
+    from watchcache.serving import BoundedHTTPServer
+
+    class Broken(BaseHandler):
+        def get(self) -> None:  # type: ignore[override]
+            raise RuntimeError("unexpected")
+
+    runtime = SimpleNamespace(settings=SimpleNamespace(cors_allow_origin=None))
+
+    async def scenario() -> bytes:
+        app = web.Application([(r"/", Broken, {"runtime": runtime})])
+        server = BoundedHTTPServer(app, ServerLimits())
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        server.add_sockets([listener])
+        reader, writer = await asyncio.open_connection(*listener.getsockname())
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 30)
+        writer.close()
+        server.stop()
+        return answer
+
+    with caplog.at_level(logging.ERROR, logger="watchcache.http"):
+        answer = asyncio.run(scenario())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 500")
+    status = json.loads(body)
+    assert status["kind"] == "Status" and status["reason"] == "InternalError"
+    error_id = re.search(r"error id ([0-9a-f]+)", status["message"]).group(1)  # type: ignore[union-attr]
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
