@@ -131,10 +131,20 @@ class _Stream(iostream.IOStream):
     refusal: str | None = None  # why the guard refused the request, for the 400 below
     _refuse_headers = False
 
+    answered = False  # the current request's answer has begun
+
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
-        if bytes(data[: len(_BARE_400)]) == _BARE_400 and len(data) == len(_BARE_400):
+        if len(data) == len(_BARE_400) and bytes(data) == _BARE_400:
+            if self.answered:
+                # The handler answered already (a 413 for a Content-Length tornado then
+                # refuses too): a second answer would only confuse the client.
+                done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
             message = self.refusal or "the request could not be parsed as HTTP/1.1"
             data = raw_answer(StatusError(400, message))
+        elif not self.answered and bytes(data[:9]) == b"HTTP/1.1 " and data[9:10] != b"1":
+            self.answered = True  # a final answer's head (a 100 Continue is not one)
         return super().write(data)
 
     def close(self, exc_info: Any = False) -> None:
@@ -321,6 +331,7 @@ class BoundedHTTPServer(HTTPServer):
         if isinstance(stream, _Stream):
             stream.reading_headers = True
             stream.refusal = None
+            stream.answered = False
         if self.draining:
             stream.close()  # the previous answer is out; no new request starts
         else:

@@ -347,6 +347,15 @@ def test_tornados_limits_are_answered_with_a_status(
         code, _, body = raw(limited, bad)
         assert (code, reason_of(body)) == (400, "BadRequest"), (bad[:60], body[:200])
         assert kube_raw(controlplane, bad)[0] == 400
+    # A Content-Length over tornado's own body bound: watchcache's 413, and nothing after it.
+    with connect(limited) as sock:
+        sock.sendall(
+            f"POST {PROBE} HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n".encode()
+        )
+        code, _, body = read_answer(sock)
+        assert (code, reason_of(body)) == (413, "RequestEntityTooLarge")
+        sock.settimeout(10)
+        assert sock.recv(65536) == b""
     assert_healthy(limited, log_from)
 
 
