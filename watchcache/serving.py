@@ -129,9 +129,8 @@ class _Stream(iostream.IOStream):
     server: BoundedHTTPServer
     reading_headers = True
     refusal: str | None = None  # why the guard refused the request, for the 400 below
-    _refuse_headers = False
-
     answered = False  # the current request's answer has begun
+    _refuse_headers = False
 
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
         if len(data) == len(_BARE_400) and bytes(data) == _BARE_400:
