@@ -1,11 +1,10 @@
 """The server's own bounds under hostile clients, against the real control plane.
 
-Each test attacks one watchcache process and then checks that it is still healthy: a probe
-GET answered, its RSS under ``RSS_BUDGET_MB``, no traceback in its log. Where kube-apiserver
-answers the same input, the answers are compared (code and Status reason).
-
-The helpers below (raw HTTP over a socket, RSS and CPU of a process) are this file's own;
-move them to a shared tests/hostile/conftest.py once there is one.
+Each test attacks one watchcache process and then checks that it is still healthy
+(``assert_healthy``: a probe GET answered, RSS under the shared budget, no traceback in its
+log). Where kube-apiserver answers the same input, the answers are compared (code and Status
+reason). The probe's latency during an attack is measured and printed (the issue asks for
+100 ms); only a generous timeout is asserted.
 """
 
 from __future__ import annotations
@@ -23,15 +22,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Proxy
 
 from watchcache.config import ServerLimits
 from watchcache.controlplane import ControlPlane
 from watchcache.testing import population
 
-RSS_BUDGET_MB = 250  # a fresh server is about 55 MB; every attack must leave it under this
+from .conftest import assert_healthy
+
+if TYPE_CHECKING:
+    from conftest import Proxy
+
 PROBE = "/apis/ray.io/v1/rayclusters"
 PROBE_TIMEOUT = 5.0  # generous: the issue asks for 100 ms, which each test measures and prints
 
@@ -108,11 +111,6 @@ def reason_of(body: bytes) -> str | None:
     return doc.get("reason") if isinstance(doc, dict) and doc.get("kind") == "Status" else None
 
 
-def rss_mb(proxy: Proxy) -> float:
-    status = Path(f"/proc/{proxy.proc.pid}/status").read_text()
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
-
-
 def cpu_seconds(proxy: Proxy) -> float:
     fields = Path(f"/proc/{proxy.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks
@@ -124,18 +122,6 @@ def probe(proxy: Proxy) -> float:
     code, _, body = proxy.request("GET", PROBE, timeout=PROBE_TIMEOUT)
     assert code == 200, body[:300]
     return 1000 * (time.monotonic() - started)
-
-
-def assert_healthy(proxy: Proxy, log_from: int = 0) -> None:
-    """Alive, answering, within the memory budget, and no traceback in the log."""
-    assert proxy.proc.poll() is None, "watchcache died"
-    for _ in range(50):  # memory freed by the attack may take a moment to be returned
-        if rss_mb(proxy) < RSS_BUDGET_MB:
-            break
-        time.sleep(0.1)
-    assert rss_mb(proxy) < RSS_BUDGET_MB, f"RSS {rss_mb(proxy):.0f} MB"
-    probe(proxy)
-    assert "Traceback" not in proxy.log()[log_from:]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -199,14 +185,13 @@ def test_distinct_method_names_do_not_grow_metrics(limited: Proxy) -> None:
     assert len(text) < 64 * 1024, len(text)
     assert 'watchcache_http_requests_total{method="OTHER",code="405"} 3000' in text.decode()
     assert len(limited.log()) - log_from < 2 * 1024 * 1024
-    assert_healthy(limited, log_from)
+    assert_healthy(limited, PROBE)
 
 
 # ---- slow and idle clients -----------------------------------------------------------------
 def test_slowloris_connections_do_not_starve_a_probe_and_are_cut(limited: Proxy) -> None:
     """500 connections trickling their headers: a probe GET is still answered, and each of
     them is closed once the header timeout (3 s here) has passed."""
-    log_from = len(limited.log())
     with half_open(limited, 500, b"GET /apis HTTP/1.1\r\nHost: x\r\n") as socks:
         stop = threading.Event()
 
@@ -229,7 +214,7 @@ def test_slowloris_connections_do_not_starve_a_probe_and_are_cut(limited: Proxy)
         finally:
             stop.set()
             feeder.join()
-    assert_healthy(limited, log_from)
+    assert_healthy(limited, PROBE)
 
 
 def test_idle_keepalive_connection_is_closed(limited: Proxy) -> None:
@@ -240,7 +225,7 @@ def test_idle_keepalive_connection_is_closed(limited: Proxy) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # still open: answered
         assert read_answer(sock)[0] == 200
         wait_for(lambda: closed_by_server(sock), timeout=30, what="idle connection closed")
-    assert_healthy(limited)
+    assert_healthy(limited, PROBE)
 
 
 # ---- the descriptor limit ------------------------------------------------------------------
@@ -264,7 +249,7 @@ def test_half_open_flood_at_the_descriptor_limit(proxy_factory: Callable[..., Pr
         assert metric(proxy, "watchcache_http_connections_evicted_total") > 0
     assert len(proxy.log()) - log_from < 512 * 1024
     assert "Too many open files" not in proxy.log()
-    assert_healthy(proxy, log_from)
+    assert_healthy(proxy, PROBE)
 
 
 def test_out_of_descriptors_pauses_accepting_and_logs_once(
@@ -320,7 +305,6 @@ def test_tornados_limits_are_answered_with_a_status(
 ) -> None:
     """Inputs tornado refuses itself get a Status, never an empty 400 or a closed socket;
     where kube-apiserver refuses them too, with the same code."""
-    log_from = len(limited.log())
     limits = ServerLimits()
     too_big = "X-Big: " + "a" * (limits.max_header_bytes + 10)
     code, _, body = raw(limited, request_bytes("GET", PROBE, too_big))
@@ -356,7 +340,7 @@ def test_tornados_limits_are_answered_with_a_status(
         assert (code, reason_of(body)) == (413, "RequestEntityTooLarge")
         sock.settimeout(10)
         assert sock.recv(65536) == b""
-    assert_healthy(limited, log_from)
+    assert_healthy(limited, PROBE)
 
 
 # ---- shutdown ------------------------------------------------------------------------------
@@ -420,7 +404,6 @@ def test_methods_per_path_answer_as_kube_apiserver(
     watchcache with a Status unless it relays kube-apiserver's answer to a write). HEAD is
     answered where GET is, except on /version and /api, which kube-apiserver serves on GET
     alone."""
-    log_from = len(limited.log())
     differences = []
     for method in METHODS:
         for path in METHOD_PATHS:
@@ -434,7 +417,7 @@ def test_methods_per_path_answer_as_kube_apiserver(
                 # watchcache's own answers are Statuses; a write it forwards gets kube's.
                 assert reason_of(body), (method, path, body[:200])
     assert not differences, "\n".join(map(str, differences))
-    assert_healthy(limited, log_from)
+    assert_healthy(limited, PROBE)
 
 
 # ---- failures watchcache cannot classify ---------------------------------------------------

@@ -327,6 +327,7 @@ class NotFoundHandler(BaseHandler):
     def refuse_method(self) -> StatusError:
         return not_found_path()
 
+
 class BadPathHandler(BaseHandler):
     """A path with an escape that does not decode: Go's server refuses it with a 400."""
 
