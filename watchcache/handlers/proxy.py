@@ -18,6 +18,7 @@ A successful write to a cached resource is held until the cache has seen it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
 import time
@@ -112,7 +113,13 @@ class _Relay:
             self.chunks.append(chunk)
             return None
         self.handler.write(chunk)
-        return self.handler.flush()
+        return self._flushed()
+
+    async def _flushed(self) -> None:
+        # The client left mid-stream: on_connection_close ends the exchange. Raised into
+        # tornado's read of the upstream answer, this would be logged as a traceback.
+        with contextlib.suppress(iostream.StreamClosedError):
+            await self.handler.flush()
 
     def end(self) -> None:
         pass
