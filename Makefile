@@ -23,7 +23,7 @@ run: $(BIN)/watchcache controlplane
 test: $(BIN)/watchcache controlplane lint
 	$(BIN)/pytest -q tests
 
-LINTED := $(wildcard watchcache tests benchmarks examples)
+LINTED := $(wildcard watchcache tests benchmarks examples deploy/controlplane)
 
 lint: $(BIN)/watchcache
 	$(BIN)/ruff check $(LINTED)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.procs import Target
-from watchcache.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane
 
 TARGETS = ("direct", "no-cache", "cached")
 

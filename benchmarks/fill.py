@@ -1,6 +1,6 @@
 """The benchmark's population: RayClusters only, N per namespace, created over keep-alive.
 
-Built with ``watchcache.testing.population`` (the ray-operator samples, labels, status), plus
+Built with ``tests.support.population`` (the ray-operator samples, labels, status), plus
 one label of our own, ``bench.watchcache.io/shard`` (s00..s99, by creation index), so that a
 selector matches exactly 1% of the objects: the fleet's own labels have no 1% value.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from watchcache.testing import population as pop
+from tests.support import population as pop
 
 SHARD_LABEL = "bench.watchcache.io/shard"
 

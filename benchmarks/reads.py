@@ -12,7 +12,7 @@ from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import SHARD_LABEL
 from benchmarks.procs import Target
 from benchmarks.wrk import LoadResult, run_wrk
-from watchcache.controlplane import free_port
+from tests.support.controlplane import free_port
 
 API = "/apis/ray.io/v1"
 NOISY_CORES = 0.5  # other processes busier than this during a run: its figures are marked

@@ -28,7 +28,7 @@ from benchmarks.context import FULL, QUICK, Bench, Results
 from benchmarks.fill import KeepAliveClient, fill, plan_rayclusters
 from benchmarks.procs import direct_target, machine, rss_bytes, start_watchcache, stop
 from benchmarks.reads import API, log
-from watchcache.controlplane import ControlPlane
+from tests.support.controlplane import ControlPlane
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

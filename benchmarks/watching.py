@@ -18,7 +18,7 @@ from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import KeepAliveClient, plan_rayclusters
 from benchmarks.procs import Target, cpu_seconds, rss_bytes
 from benchmarks.reads import API, log
-from watchcache.testing import population as pop
+from tests.support import population as pop
 
 WATCH_NS = "bench-watch"
 WATCH_OBJECTS = 20

@@ -10,7 +10,7 @@ import sys
 from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import plan_rayclusters
 from benchmarks.reads import log
-from watchcache.testing import population as pop
+from tests.support import population as pop
 
 WRITE_NS = "bench-writes"
 

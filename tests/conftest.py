@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from watchcache.controlplane import ControlPlane, User, free_port
+from support.controlplane import ControlPlane, User, free_port
 
 # A user with no permissions of its own; tests grant it what they need with RBAC.
 LIMITED = User("limited-user", "limited-user-token-0123456789abcdef")

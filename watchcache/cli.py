@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from watchcache.config import ServerLimits, Settings
-from watchcache.retry import RetryPolicy
+from watchcache.upstream.retry import RetryPolicy
 
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
 
@@ -209,17 +212,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     if args.command == "serve":
-        from watchcache.app import Server
+        from watchcache.server import Server
 
         asyncio.run(Server(settings_from(args)).serve_forever())
     else:
         dev(args)
 
 
-def dev(args: argparse.Namespace) -> None:
-    from watchcache.app import Server
-    from watchcache.controlplane import ControlPlane, log
+LAUNCHER = Path(__file__).resolve().parents[1] / "deploy" / "controlplane" / "launcher.py"
 
+
+def _launcher() -> Any:
+    """The local control plane's launcher, from the checkout this package runs from; it is
+    a dev tool and not in the wheel."""
+    if not LAUNCHER.is_file():
+        sys.exit(
+            "watchcache dev needs a checkout of the watchcache repository (it builds a local"
+            f" control plane with {LAUNCHER.parent}/build.sh); against a cluster, use"
+            " `watchcache serve --kubeconfig FILE`"
+        )
+    spec = importlib.util.spec_from_file_location("watchcache_launcher", LAUNCHER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def dev(args: argparse.Namespace) -> None:
+    from watchcache.server import Server
+
+    launcher = _launcher()
+    ControlPlane, log = launcher.ControlPlane, launcher.log
     log("starting etcd and kube-apiserver (building them first if needed)")
     with ControlPlane() as cp:
         settings = settings_from(args, kubeconfig=str(cp.kubeconfig))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from watchcache.retry import RetryPolicy
+from watchcache.upstream.retry import RetryPolicy
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

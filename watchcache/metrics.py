@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from watchcache.app import Runtime
+    from watchcache.server import Runtime
 
 
 METHODS = frozenset(

@@ -14,7 +14,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from watchcache.gourl import parse_query
+from watchcache.kube.gourl import parse_query
 
 API = "/apis/ray.io/v1"
 PLURALS = ("rayclusters", "rayjobs", "rayservices")

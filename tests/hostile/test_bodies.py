@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
-
-from watchcache.controlplane import ControlPlane
+from support.controlplane import ControlPlane
 
 from .conftest import assert_healthy
 

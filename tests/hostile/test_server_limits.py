@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import population
+from support.controlplane import ControlPlane
 
 from watchcache.config import ServerLimits
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
 
 from .conftest import assert_healthy
 
@@ -260,7 +260,7 @@ def test_out_of_descriptors_pauses_accepting_and_logs_once(
     In-process: the failing accept is a listening socket whose accept() raises EMFILE."""
     from tornado import web
 
-    from watchcache.serving import BoundedHTTPServer
+    from watchcache.http.serving import BoundedHTTPServer
 
     failures = {"left": 12, "calls": 0}
 
@@ -431,8 +431,8 @@ def test_unclassified_failure_is_a_500_status_with_an_id_the_log_shows(
 
     from tornado import web
 
-    from watchcache.handlers.base import BaseHandler
-    from watchcache.serving import BoundedHTTPServer
+    from watchcache.http.base import BaseHandler
+    from watchcache.http.serving import BoundedHTTPServer
 
     class Broken(BaseHandler):
         def get(self) -> None:  # type: ignore[override]

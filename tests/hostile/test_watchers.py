@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 from .conftest import assert_healthy, rss_of
 

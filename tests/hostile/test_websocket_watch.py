@@ -19,9 +19,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "integration"))
 import differential  # the shared helpers of tests/integration
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 from .conftest import assert_healthy
 

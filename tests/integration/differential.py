@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from watchcache.controlplane import ControlPlane
+from support.controlplane import ControlPlane
 
 RESOURCES = ("rayclusters", "rayjobs", "rayservices")
 MAX_PAGES = 500

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import differential
+from support.controlplane import ControlPlane
 from watchclient import WatchStream, changes, replay, summary
-
-from watchcache.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

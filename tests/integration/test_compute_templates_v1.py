@@ -20,9 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from faultproxy import FaultProxy
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

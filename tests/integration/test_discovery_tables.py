@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
+from support import population
+from support.controlplane import ControlPlane
 
 from watchcache.config import RAY_RESOURCES
-from watchcache.controlplane import ControlPlane
 from watchcache.middleware.kuberay import RAY_EVENTS
-from watchcache.testing import population
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from support.controlplane import ControlPlane
 
-from watchcache.controlplane import ControlPlane
 from watchcache.middleware.kuberay import Defaults
 
 if TYPE_CHECKING:

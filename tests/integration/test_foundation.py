@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from watchcache.controlplane import ControlPlane
+from support.controlplane import ControlPlane
 
 RAYCLUSTERS = "/apis/ray.io/v1/namespaces/default/rayclusters"
 PINNED = "v1.36.3"
@@ -154,7 +153,7 @@ def _alive(pid: int) -> bool:
 LAUNCH = textwrap.dedent(
     """
     import sys, time
-    from watchcache.controlplane import ControlPlane
+    from support.controlplane import ControlPlane
     cp = ControlPlane(install_crds=False).start()
     print(*cp.pids(), flush=True)
     time.sleep(600)

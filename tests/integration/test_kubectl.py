@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -21,9 +21,8 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import yaml
+from support.controlplane import ControlPlane
 from watchclient import WatchStream, is_initial_events_end
-
-from watchcache.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

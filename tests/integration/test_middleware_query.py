@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Proxy
 from differential import wait_until
-
-from watchcache.controlplane import ControlPlane
+from support.controlplane import ControlPlane
 
 NS = "wc-mw-query"
 SERVER = Path(__file__).with_name("query_rewriting_server.py")

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import LIMITED, Proxy
 from differential import wait_until
-
-from watchcache.controlplane import ControlPlane
+from support.controlplane import ControlPlane
 
 NS = "wc-rbac"
 

@@ -18,10 +18,9 @@ from typing import TYPE_CHECKING, Any
 import differential
 import pytest
 from differential import Case
+from support import population
+from support.controlplane import ControlPlane
 from watchclient import WatchStream
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING
 import differential
 import pytest
 from differential import Case
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -27,10 +27,9 @@ from kubeio import (
     wait_cached,
     watch_path,
 )
+from support import population
+from support.controlplane import ControlPlane
 from watchclient import reached, replay, summary
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -21,10 +21,9 @@ from urllib.parse import urlsplit
 import pytest
 from differential import wait_until
 from faultproxy import FaultProxy
+from support import population
+from support.controlplane import ControlPlane
 from watchclient import WatchStream
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
 
 if TYPE_CHECKING:
     from conftest import Proxy

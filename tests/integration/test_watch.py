@@ -38,6 +38,8 @@ from kubeio import (
 )
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
+from support import population
+from support.controlplane import ControlPlane
 from watchclient import (
     WatchStream,
     assert_bookmarks_monotonic,
@@ -47,9 +49,6 @@ from watchclient import (
     reached,
     summary,
 )
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import differential
 import pytest
 from differential import Answer
+from support import population
+from support.controlplane import ControlPlane
 
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
-from watchcache.wire import go_indent
+from watchcache.kube.wire import go_indent
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -25,9 +25,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from differential import Answer, answer, diff_objects, status_summary
-
-from watchcache.controlplane import ControlPlane
-from watchcache.testing import population
+from support import population
+from support.controlplane import ControlPlane
 
 if TYPE_CHECKING:
     from conftest import Proxy

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from watchcache.bodies import MAX_BODY, content_length, decode, dumps, encode
-from watchcache.status import StatusError
+from watchcache.kube.bodies import MAX_BODY, content_length, decode, dumps, encode
+from watchcache.kube.status import StatusError
 
 YAML = "application/yaml"
 

@@ -9,8 +9,13 @@ from __future__ import annotations
 import orjson
 
 from watchcache.config import RAY_RESOURCES, ResourceSpec
-from watchcache.discovery import Served, filter_discovery, filter_openapi, with_server_address
-from watchcache.negotiation import accepts_json
+from watchcache.kube.negotiation import accepts_json
+from watchcache.upstream.discovery import (
+    Served,
+    filter_discovery,
+    filter_openapi,
+    with_server_address,
+)
 
 SERVED = Served.of(
     [

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from watchcache.selectors import parse_field_selector, parse_label_selector
-from watchcache.store import Store
-from watchcache.watch import Filter, Hub, TooOld, Watcher
+from watchcache.cache.hub import Filter, Hub, TooOld, Watcher
+from watchcache.cache.store import Store
+from watchcache.kube.selectors import parse_field_selector, parse_label_selector
 
 
 def obj(ns: str, name: str, rv: int) -> dict:

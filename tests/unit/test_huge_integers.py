@@ -8,10 +8,10 @@ import base64
 
 import pytest
 
-from watchcache.continuetokens import decode_continue, encode_continue
-from watchcache.listoptions import parse_get_options, parse_list_options
-from watchcache.selectors import SelectorError, parse_label_selector
-from watchcache.status import StatusError
+from watchcache.kube.continuetokens import decode_continue, encode_continue
+from watchcache.kube.listoptions import parse_get_options, parse_list_options
+from watchcache.kube.selectors import SelectorError, parse_label_selector
+from watchcache.kube.status import StatusError
 
 HUGE = "1" * 5000
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from watchcache.listoptions import (
+from watchcache.kube.listoptions import (
     ContinueToken,
     ListOptions,
     check_request_timeout,
@@ -29,7 +29,7 @@ from watchcache.listoptions import (
     too_large_resource_version,
     watch_too_old,
 )
-from watchcache.status import StatusError
+from watchcache.kube.status import StatusError
 
 STRICT = {"metadata.name", "metadata.namespace"}.__contains__
 RV_ABC = 'resourceVersion: Invalid value: "abc": strconv.ParseUint: parsing "abc": invalid syntax'

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
+from watchcache.cache.reflector import Backoff, Reflector
+from watchcache.cache.store import Relisted, Store
 from watchcache.config import RAY_RESOURCES
-from watchcache.reflector import Backoff, Reflector
-from watchcache.store import Relisted, Store
-from watchcache.upstream import Response
+from watchcache.upstream.client import Response
 
 
 def obj(name: str, rv: int) -> dict[str, Any]:

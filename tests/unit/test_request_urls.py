@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from watchcache.config import ResourceSpec
-from watchcache.gourl import decode_path, parse_query
-from watchcache.negotiation import accepts_json, restful_accepts_json
-from watchcache.requestinfo import check_deadline, is_long_running
-from watchcache.status import StatusError
-from watchcache.validation import check_read_target, name_problems
+from watchcache.kube.gourl import decode_path, parse_query
+from watchcache.kube.negotiation import accepts_json, restful_accepts_json
+from watchcache.kube.requestinfo import check_deadline, is_long_running
+from watchcache.kube.status import StatusError
+from watchcache.kube.validation import check_read_target, name_problems
 
 RAYCLUSTERS = ResourceSpec(group="ray.io", version="v1", plural="rayclusters", kind="RayCluster")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from watchcache.retry import NO_RETRIES, RETRYABLE, RetryPolicy, may_duplicate
+from watchcache.upstream.retry import NO_RETRIES, RETRYABLE, RetryPolicy, may_duplicate
 
 POLICY = RetryPolicy()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from watchcache.selectors import (
+from watchcache.kube.selectors import (
     FieldRequirement,
     LabelSelector,
     Requirement,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from watchcache.selectors import parse_field_selector, parse_label_selector
-from watchcache.store import NAMESPACE_VERSIONS, Event, Relisted, Store
+from watchcache.cache.store import NAMESPACE_VERSIONS, Event, Relisted, Store
+from watchcache.kube.selectors import parse_field_selector, parse_label_selector
 
 
 def obj(ns: str, name: str, rv: int, **labels: str) -> dict:

@@ -11,10 +11,10 @@ import json
 import orjson
 import pytest
 
-from watchcache.jsonpath import Unsupported, compile_jsonpath
-from watchcache.negotiation import negotiate
-from watchcache.status import StatusError
-from watchcache.tables import (
+from watchcache.kube.jsonpath import Unsupported, compile_jsonpath
+from watchcache.kube.negotiation import negotiate
+from watchcache.kube.status import StatusError
+from watchcache.kube.tables import (
     TableSpec,
     go_float,
     human_duration,

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from tornado import httputil
 
+from watchcache.cache.store import Store
 from watchcache.config import RAY_RESOURCES
 from watchcache.middleware import Request, Response, StatusError
 from watchcache.middleware import templates_v1 as v1
@@ -27,7 +28,6 @@ from watchcache.middleware.templates import (
     template_resources,
     v1_route,
 )
-from watchcache.store import Store
 
 RAYCLUSTERS = RAY_RESOURCES[0]
 TOLERATION = {

@@ -8,11 +8,11 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from watchcache.cache.store import Entry
 from watchcache.config import RAY_RESOURCES
+from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.wire import go_escape, go_indent, list_body
 from watchcache.middleware.kuberay import RAY_EVENTS
-from watchcache.negotiation import wants_pretty
-from watchcache.store import Entry
-from watchcache.wire import go_escape, go_indent, list_body
 
 
 @pytest.mark.parametrize("value", ["1", "t", "T", "true", "True", "TRUE"])

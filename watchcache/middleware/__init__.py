@@ -3,7 +3,7 @@
 See ``core`` for the protocol; the built-in KubeRay features are written on the same API.
 """
 
+from watchcache.kube.status import StatusError
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
-from watchcache.status import StatusError
 
 __all__ = ["Middleware", "Next", "Request", "Response", "StatusError", "compose"]

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 from tornado import httputil
 
-from watchcache import bodies
 from watchcache.config import ResourceSpec
-from watchcache.negotiation import wants_pretty
-from watchcache.status import StatusError
+from watchcache.kube import bodies
+from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.status import StatusError
 
 
 @dataclass(kw_only=True)
@@ -53,7 +53,7 @@ class Request:
 
     def json(self) -> object:
         """The body decoded as JSON, or as YAML when the client sent YAML (as the API server
-        accepts either), with the API server's bounds (watchcache.bodies)."""
+        accepts either), with the API server's bounds (watchcache.kube.bodies)."""
         decoded = bodies.decode(self.body, self.content_type)
         self._shared = decoded.shared
         return decoded.value

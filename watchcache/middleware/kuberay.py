@@ -10,10 +10,10 @@ from typing import Any
 import yaml
 from tornado import httputil
 
+from watchcache.cache.store import Store
 from watchcache.config import ResourceSpec
+from watchcache.kube.status import StatusError, method_not_allowed
 from watchcache.middleware.core import Next, Request, Response
-from watchcache.status import StatusError, method_not_allowed
-from watchcache.store import Store
 
 # Only events about Ray resources are ever cached: the limit is the cache's own upstream
 # selector, so no user selector can widen it.

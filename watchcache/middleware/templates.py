@@ -22,14 +22,14 @@ from urllib.parse import quote, unquote
 
 import orjson
 
+from watchcache.cache.store import Store
 from watchcache.config import ResourceSpec
+from watchcache.kube.status import StatusError
 from watchcache.middleware import templates_v1 as v1
 from watchcache.middleware.core import Next, Request, Response
 from watchcache.middleware.templates_v1 import LABEL, LABEL_VALUE
-from watchcache.status import StatusError
-from watchcache.store import Store
-from watchcache.upstream import Response as UpstreamResponse
-from watchcache.upstream import Upstream, UpstreamError
+from watchcache.upstream.client import Response as UpstreamResponse
+from watchcache.upstream.client import Upstream, UpstreamError
 
 __all__ = ["ANNOTATION", "CONFIGMAPS", "LABEL", "LABEL_VALUE", "ComputeTemplates"]
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from watchcache.wire import go_escape, go_indent
+from watchcache.kube.wire import go_escape, go_indent
 
 # The reason the Kubernetes API server gives for each code (k8s.io/apimachinery/pkg/api/errors).
 REASONS: dict[int, str] = {

@@ -14,12 +14,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
-from watchcache.negotiation import negotiate
-from watchcache.tables import TableSpec, include_object, render
-from watchcache.wire import go_escape
+from watchcache.kube.negotiation import negotiate
+from watchcache.kube.tables import TableSpec, include_object, render
+from watchcache.kube.wire import go_escape
 
 if TYPE_CHECKING:
-    from watchcache.handlers.read import ResourceHandler
+    from watchcache.http.read import ResourceHandler
 
 FORWARD: Final = "forward"
 

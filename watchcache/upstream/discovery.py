@@ -27,11 +27,11 @@ import orjson
 from cachetools import TTLCache
 
 from watchcache.config import ResourceSpec
-from watchcache.jsonpath import Unsupported
-from watchcache.status import StatusError
-from watchcache.tables import TableSpec
-from watchcache.upstream import Upstream, UpstreamError
-from watchcache.wire import go_escape
+from watchcache.kube.jsonpath import Unsupported
+from watchcache.kube.status import StatusError
+from watchcache.kube.tables import TableSpec
+from watchcache.kube.wire import go_escape
+from watchcache.upstream.client import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 

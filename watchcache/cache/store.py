@@ -25,7 +25,7 @@ from typing import Any, Literal
 import orjson
 from cachetools import TTLCache
 
-from watchcache.selectors import FieldSelector, LabelSelector, lookup_path
+from watchcache.kube.selectors import FieldSelector, LabelSelector, lookup_path
 
 # "namespace/name", the API server's storage key: lists are in its byte order, which is not
 # (namespace, name) order ("a-1/x" sorts before "a/x"). Cluster-scoped objects: "name".

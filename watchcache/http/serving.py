@@ -39,7 +39,7 @@ from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
 
 from watchcache.config import ServerLimits
-from watchcache.status import StatusError, too_many_requests
+from watchcache.kube.status import StatusError, too_many_requests
 
 log = logging.getLogger("watchcache.http")
 

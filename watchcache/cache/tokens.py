@@ -17,8 +17,8 @@ import secrets
 
 import orjson
 
-from watchcache.status import StatusError
-from watchcache.store import Key
+from watchcache.cache.store import Key
+from watchcache.kube.status import StatusError
 
 PREFIX = "wc1."
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from watchcache.listoptions import check_request_timeout, go_bool
-from watchcache.status import StatusError
+from watchcache.kube.listoptions import check_request_timeout, go_bool
+from watchcache.kube.status import StatusError
 
 # The API server's default --request-timeout: the deadline when none (or a larger one) is asked.
 REQUEST_TIMEOUT_MAX_NS = 60 * 10**9

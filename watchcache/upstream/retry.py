@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from watchcache.bodies import decode
-from watchcache.status import StatusError
+from watchcache.kube.bodies import decode
+from watchcache.kube.status import StatusError
 
 RETRYABLE = frozenset({408, 429, 500, 502, 503, 504})
 

@@ -1,8 +1,8 @@
-"""``/version``, discovery and OpenAPI, answered from ``watchcache.discovery``'s documents;
+"""``/version``, discovery and OpenAPI, answered from ``watchcache.upstream.discovery``'s documents;
 and the one core path kubectl needs besides (a namespace's GET).
 
 The documents are the API server's, filtered to what watchcache serves and kept for a TTL
-(see ``watchcache.discovery``); this handler adds HTTP around them: the ETag and 304, gzip,
+(see ``watchcache.upstream.discovery``); this handler adds HTTP around them: the ETag and 304, gzip,
 OpenAPI v3's ``?hash=`` URLs (immutable when the hash is current, a 301 to the current one
 otherwise, as the API server does), and 406 for an OpenAPI format watchcache does not render
 (protobuf), on which clients fall back to JSON.
@@ -19,21 +19,21 @@ from typing import TYPE_CHECKING, Literal
 
 import orjson
 
-from watchcache.discovery import Document, with_server_address
-from watchcache.handlers.base import BaseHandler, decoded_query
-from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.negotiation import (
+from watchcache.http.base import BaseHandler, decoded_query
+from watchcache.http.proxy import PassThroughHandler
+from watchcache.kube.negotiation import (
     accepts_json,
     parse_accept,
     restful_accepts_json,
     wants_pretty,
 )
-from watchcache.status import StatusError, method_not_allowed, not_found_path
-from watchcache.wire import go_indent
+from watchcache.kube.status import StatusError, method_not_allowed, not_found_path
+from watchcache.kube.wire import go_indent
+from watchcache.upstream.discovery import Document, with_server_address
 
 if TYPE_CHECKING:
-    from watchcache.app import Runtime
     from watchcache.config import ResourceSpec
+    from watchcache.server import Runtime
 
 GZIP_THRESHOLD = 128 * 1024
 Kind = Literal["version", "discovery", "openapi/v2", "openapi/v3", "openapi/v3/gv"]

@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import orjson
 
+from watchcache.cache.store import Entry
 from watchcache.config import ResourceSpec
-from watchcache.store import Entry
-from watchcache.upstream import LineSink, Upstream, UpstreamError
+from watchcache.upstream.client import LineSink, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 

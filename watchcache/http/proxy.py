@@ -26,10 +26,10 @@ from collections.abc import Awaitable, Callable
 
 from tornado import httputil, iostream, web
 
-from watchcache.handlers.base import BaseHandler
-from watchcache.retry import may_duplicate
-from watchcache.status import StatusError
-from watchcache.upstream import UpstreamError
+from watchcache.http.base import BaseHandler
+from watchcache.kube.status import StatusError
+from watchcache.upstream.client import UpstreamError
+from watchcache.upstream.retry import may_duplicate
 
 log = logging.getLogger(__name__)
 

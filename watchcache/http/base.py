@@ -10,16 +10,16 @@ from urllib.parse import urlencode
 
 from tornado import httputil, web
 
-from watchcache.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.config import ResourceSpec
-from watchcache.gourl import decode_path, parse_query
+from watchcache.kube.bodies import MAX_BODY, content_length, request_too_large
+from watchcache.kube.gourl import decode_path, parse_query
+from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.requestinfo import check_deadline
+from watchcache.kube.status import StatusError, method_not_allowed, not_found_path
 from watchcache.middleware.core import Request, Response
-from watchcache.negotiation import wants_pretty
-from watchcache.requestinfo import check_deadline
-from watchcache.status import StatusError, method_not_allowed, not_found_path
 
 if TYPE_CHECKING:
-    from watchcache.app import Runtime
+    from watchcache.server import Runtime
 
 log = logging.getLogger("watchcache.http")
 
@@ -42,7 +42,7 @@ class _EveryMethod(tuple[str, ...]):
 
 
 def decoded_query(request: httputil.HTTPServerRequest) -> dict[str, list[str]]:
-    """The query as kube-apiserver's Go reads it (watchcache.gourl); bytes that are not UTF-8
+    """The query as kube-apiserver's Go reads it (watchcache.kube.gourl); bytes that are not UTF-8
     become U+FFFD rather than a 500."""
     return parse_query(request.query)
 
@@ -85,7 +85,7 @@ class BaseHandler(web.RequestHandler):
             self.request.connection.close()
             return
         req = self.request
-        # ?timeout=, checked as the API server does ahead of everything (watchcache.requestinfo).
+        # ?timeout=, checked as the API server does ahead of everything (kube.requestinfo).
         path = decode_path(req.path) or req.path
         check_deadline(req.method or "GET", path, decoded_query(req), req.request_time())
         if length is not None and length > MAX_BODY:

@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING
 import orjson
 from tornado import iostream
 
-from watchcache.handlers.websocket import WebSocketWatch, websocket_watch
-from watchcache.listoptions import ListOptions, resource_version_int, watch_too_old
-from watchcache.watch import Filter, TooOld, Watcher
+from watchcache.cache.hub import Filter, TooOld, Watcher
+from watchcache.http.websocket import WebSocketWatch, websocket_watch
+from watchcache.kube.listoptions import ListOptions, resource_version_int, watch_too_old
 
 if TYPE_CHECKING:
-    from watchcache.handlers.read import CachedResource, ResourceHandler
+    from watchcache.http.read import CachedResource, ResourceHandler
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 WRITE_BUDGET = 1 << 20  # bytes written per flush: what a stalled stream holds in flight

@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from watchcache.jsonpath import Unsupported, compile_jsonpath
-from watchcache.status import StatusError
+from watchcache.kube.jsonpath import Unsupported, compile_jsonpath
+from watchcache.kube.status import StatusError
 
 # The descriptions kube-apiserver gives its own columns (ObjectMeta's swagger docs).
 NAME_DESCRIPTION = (

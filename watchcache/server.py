@@ -12,24 +12,28 @@ from typing import Any
 from tornado import httputil, web
 from tornado.netutil import bind_sockets
 
+from watchcache.cache.hub import HistoryLimits, Hub
+from watchcache.cache.reflector import Reflector
+from watchcache.cache.store import Store
+from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, Settings
-from watchcache.discovery import Discovery
-from watchcache.gourl import UndecodablePath, decoded_rule
-from watchcache.handlers.base import (
+from watchcache.http.base import (
     BadPathHandler,
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
     ReadyHandler,
 )
-from watchcache.handlers.discovery import discovery_routes
-from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.handlers.read import (
+from watchcache.http.discovery import discovery_routes
+from watchcache.http.proxy import PassThroughHandler
+from watchcache.http.read import (
     CachedResource,
     ResourceHandler,
     list_path_args,
     render_cache,
 )
+from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
+from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
 from watchcache.middleware.kuberay import (
@@ -42,12 +46,8 @@ from watchcache.middleware.kuberay import (
     ray_events,
 )
 from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates
-from watchcache.pagination import ContinueCodec
-from watchcache.reflector import Reflector
-from watchcache.serving import BoundedHTTPServer, ConnectionStats
-from watchcache.store import Store
-from watchcache.upstream import Credentials, Upstream, load_credentials
-from watchcache.watch import HistoryLimits, Hub
+from watchcache.upstream.client import Credentials, Upstream, load_credentials
+from watchcache.upstream.discovery import Discovery
 
 log = logging.getLogger("watchcache")
 
@@ -172,7 +172,7 @@ def routes(runtime: Runtime) -> list[Any]:
 
 
 def make_app(runtime: Runtime) -> web.Application:
-    # Routed on the decoded path, as kube-apiserver routes (watchcache.gourl).
+    # Routed on the decoded path, as kube-apiserver routes (watchcache.kube.gourl).
     table = [(UndecodablePath(), BadPathHandler, {"runtime": runtime})]
     return web.Application(
         table + [decoded_rule(rule) for rule in routes(runtime)],

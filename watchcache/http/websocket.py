@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 
 from tornado import iostream, web
 
-from watchcache.status import StatusError
+from watchcache.kube.status import StatusError
 
 if TYPE_CHECKING:
-    from watchcache.handlers.read import ResourceHandler
-    from watchcache.watch import Watcher
+    from watchcache.cache.hub import Watcher
+    from watchcache.http.read import ResourceHandler
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ORIGIN = re.compile(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)[^\x00-\x20\x7f]*$")

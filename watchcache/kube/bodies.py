@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 import yaml
 
-from watchcache.status import StatusError
+from watchcache.kube.status import StatusError
 
 # kube-apiserver's limit on a request body, and the one a re-encoded body is held to.
 MAX_BODY = 3 * 1024 * 1024

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from watchcache.selectors import _go_quote  # Go's strconv.Quote; shared rather than copied
+from watchcache.kube.selectors import _go_quote  # Go's strconv.Quote; shared rather than copied
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import orjson
 
 if TYPE_CHECKING:
+    from watchcache.cache.store import Entry
     from watchcache.config import ResourceSpec
-    from watchcache.store import Entry
 
 # What Go's encoding/json escapes inside strings and orjson does not; none of these bytes
 # can occur outside a string in JSON, so a plain replace is exact.

@@ -28,24 +28,24 @@ from dataclasses import dataclass
 import orjson
 from cachetools import LRUCache
 
+from watchcache.cache.hub import Hub, TooOld
+from watchcache.cache.store import Entry, Key, Snapshot, Store, key_range, matches
+from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec
-from watchcache.handlers.proxy import PassThroughHandler
-from watchcache.handlers.table import FORWARD, TableRequest, list_meta, send_table, table_for
-from watchcache.handlers.watch import serve_watch
-from watchcache.listoptions import (
+from watchcache.http.proxy import PassThroughHandler
+from watchcache.http.table import FORWARD, TableRequest, list_meta, send_table, table_for
+from watchcache.http.watch import serve_watch
+from watchcache.kube.listoptions import (
     ListOptions,
     continue_expired,
     parse_get_options,
     parse_list_options,
     resource_version_int,
 )
-from watchcache.negotiation import wants_pretty
-from watchcache.pagination import ContinueCodec
-from watchcache.status import StatusError, not_found, too_many_requests
-from watchcache.store import Entry, Key, Snapshot, Store, key_range, matches
-from watchcache.validation import check_read_target
-from watchcache.watch import Hub, TooOld
-from watchcache.wire import go_escape, go_indent, list_body
+from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.status import StatusError, not_found, too_many_requests
+from watchcache.kube.validation import check_read_target
+from watchcache.kube.wire import go_escape, go_indent, list_body
 
 log = logging.getLogger(__name__)
 

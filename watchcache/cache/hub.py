@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from watchcache.listoptions import watch_too_old
-from watchcache.selectors import FieldSelector, LabelSelector
-from watchcache.store import Entry, Event, Relisted, Store, matches
+from watchcache.cache.store import Entry, Event, Relisted, Store, matches
+from watchcache.kube.listoptions import watch_too_old
+from watchcache.kube.selectors import FieldSelector, LabelSelector
 
 
 class WatchEvent:

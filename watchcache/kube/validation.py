@@ -11,9 +11,9 @@ cache answers both exactly so, rather than 404 or an empty list.
 from __future__ import annotations
 
 from watchcache.config import ResourceSpec
-from watchcache.listoptions import GoStatusError
-from watchcache.selectors import _go_quote
-from watchcache.status import StatusError
+from watchcache.kube.listoptions import GoStatusError
+from watchcache.kube.selectors import _go_quote
+from watchcache.kube.status import StatusError
 
 _NOT_BE = (".", "..")
 _NOT_CONTAIN = ("/", "%")

@@ -74,8 +74,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from watchcache.continuetokens import ContinueToken, decode_continue, encode_continue
-from watchcache.selectors import (
+from watchcache.kube.continuetokens import ContinueToken, decode_continue, encode_continue
+from watchcache.kube.selectors import (
     FieldSelector,
     LabelSelector,
     SelectorError,
@@ -83,7 +83,7 @@ from watchcache.selectors import (
     parse_field_selector,
     parse_label_selector,
 )
-from watchcache.status import StatusError
+from watchcache.kube.status import StatusError
 
 NOT_OLDER_THAN, EXACT = "NotOlderThan", "Exact"
 INITIAL_EVENTS_END_ANNOTATION = "k8s.io/initial-events-end"

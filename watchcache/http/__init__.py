@@ -1,0 +1,1 @@
+"""The HTTP layer: tornado adapter, routes and endpoints."""

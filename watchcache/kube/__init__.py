@@ -1,0 +1,1 @@
+"""Kubernetes wire rules, pure: no I/O, nothing of watchcache outside this package."""

@@ -1,0 +1,1 @@
+"""The async client to kube-apiserver, its credentials, retry policy and discovery documents."""
