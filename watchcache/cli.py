@@ -54,6 +54,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long the API server may take to start answering a request",
     )
+    parser.add_argument(
+        "--upstream-watch-silence",
+        type=float,
+        default=130.0,
+        metavar="SECONDS",
+        help="restart an upstream watch that sent nothing (not even a bookmark) this long",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
@@ -92,6 +99,7 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "kuberay_features": not args.no_kuberay_features,
         "retry": RetryPolicy(max_retries=max(args.retries, 0)),
         "upstream_timeout": args.upstream_timeout,
+        "upstream_watch_silence": max(args.upstream_watch_silence, 0.1),
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
     }

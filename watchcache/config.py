@@ -64,6 +64,9 @@ class Settings:
     resources: tuple[ResourceSpec, ...] = RAY_RESOURCES
     # How long an upstream request may take before it is abandoned (watches excepted).
     upstream_timeout: float = 60.0
+    # An upstream watch silent this long (no event, no bookmark) is presumed stalled and
+    # restarted; kube-apiserver sends a bookmark about every minute.
+    upstream_watch_silence: float = 130.0
     cors_allow_origin: str | None = None
     # A YAML file of default values for created Ray resources (see middleware.kuberay.Defaults).
     defaults_file: str | None = None

@@ -11,6 +11,7 @@ kubeconfig exec plugins, token files and in-cluster service accounts all work.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,28 @@ from tornado.tcpclient import TCPClient
 log = logging.getLogger(__name__)
 
 Body = bytes | AsyncIterator[bytes] | None
+
+# TCP keepalive on every upstream socket: a peer that vanished (a host gone, a NAT entry
+# dropped) is noticed after about a minute of silence instead of the kernel's two hours.
+# It cannot notice a peer that is there but sends nothing: the reflector's silence bound does.
+KEEPALIVE_IDLE = 30
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 3
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Turns TCP keepalive on, with Linux's per-socket timings where it has them."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError as exc:  # a socket closed meanwhile: the request will say so itself
+        log.debug("cannot enable TCP keepalive: %s", exc)
 
 
 class UpstreamError(Exception):
@@ -180,9 +203,13 @@ class Upstream:
                 ssl_options=self.credentials.ssl_context,
                 max_buffer_size=1 << 28,
             )
-        except (OSError, iostream.StreamClosedError, ssl.SSLError) as exc:
+        except (OSError, iostream.StreamClosedError, ssl.SSLError, ValueError) as exc:
+            # ValueError: tornado's "IOStream is not idle" when the server closed the new
+            # connection before the TLS handshake began; as transient as a refused connect.
             raise UpstreamError(f"cannot connect to the Kubernetes API server: {exc}") from exc
         stream.set_nodelay(True)
+        if stream.socket is not None:
+            enable_keepalive(stream.socket)
         return stream
 
     def _release(self, stream: iostream.IOStream) -> None:
@@ -316,16 +343,27 @@ class LineSink:
     slows the read instead of growing a buffer.
     """
 
-    def __init__(self, on_line: Callable[[bytes], Awaitable[None] | None]) -> None:
+    def __init__(
+        self,
+        on_line: Callable[[bytes], Awaitable[None] | None],
+        on_head: Callable[[int], None] | None = None,
+    ) -> None:
         self.on_line = on_line
+        self.on_head = on_head
         self.code = 0
         self.headers = httputil.HTTPHeaders()
         self.error_body = b""
         self._partial = b""
+        # When the last byte arrived (at first: when the request was made). A watch that
+        # stays silent longer than a bound is presumed stalled.
         self.last_data = time.monotonic()
+        self.any_data = False  # whether any byte (the head included) has arrived
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         self.code, self.headers = code, headers
+        self.last_data, self.any_data = time.monotonic(), True
+        if self.on_head is not None:
+            self.on_head(code)
 
     async def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -334,7 +372,7 @@ class LineSink:
                 await result
 
     def data(self, chunk: bytes) -> Awaitable[None] | None:
-        self.last_data = time.monotonic()
+        self.last_data, self.any_data = time.monotonic(), True
         if self.code != 200:
             if len(self.error_body) < 65536:
                 self.error_body += chunk
