@@ -58,6 +58,10 @@ class Gone(Exception):
 class Silent(UpstreamError):
     """The watch delivered nothing for longer than the silence bound."""
 
+    def __init__(self, message: str, *, established: bool) -> None:
+        super().__init__(message)
+        self.established = established  # it had been answered 200, then went quiet
+
 
 # kube-apiserver sends a watch a bookmark about every minute: two periods and some slack.
 DEFAULT_SILENCE = 130.0
@@ -157,9 +161,12 @@ class Reflector:
             except Silent as exc:
                 self.behind = f"watch restarted: {exc}"
                 self.silent_watches += 1
-                delay = self.backoff.delay()
+                # An answered watch gone quiet is resumed at once; one never answered backs
+                # off like any failure.
+                delay = 0.0 if exc.established else self.backoff.delay()
                 log.warning("%s: %s; watching again in %.1fs", self.name, exc, delay)
-                await self.sleep(delay)
+                if delay:
+                    await self.sleep(delay)
             except (UpstreamError, OSError, ValueError) as exc:
                 self.behind = f"watch failed: {exc}"
                 delay = self.backoff.delay()
@@ -241,7 +248,8 @@ class Reflector:
             while True:
                 quiet = time.monotonic() - sink.last_data
                 if quiet >= self.silence:
-                    raise Silent(f"no byte from upstream for {quiet:.1f}s")
+                    message = f"no byte from upstream for {quiet:.1f}s"
+                    raise Silent(message, established=sink.code == 200)
                 done, _ = await asyncio.wait({task}, timeout=self.silence - quiet)
                 if done:
                     return task.result()

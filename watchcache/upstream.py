@@ -35,6 +35,11 @@ KEEPALIVE_IDLE = 30
 KEEPALIVE_INTERVAL = 10
 KEEPALIVE_COUNT = 3
 
+# How long a new connection, its TLS handshake included, may take. A connection cut during
+# the handshake can leave tornado waiting for it forever; a healthy loopback or in-cluster
+# handshake takes milliseconds.
+CONNECT_TIMEOUT = 10.0
+
 
 def enable_keepalive(sock: socket.socket) -> None:
     """Turns TCP keepalive on, with Linux's per-socket timings where it has them."""
@@ -177,8 +182,15 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 class Upstream:
     """A pool of keep-alive HTTP/1.1 connections to one API server."""
 
-    def __init__(self, credentials: Credentials, *, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        max_idle: int = 64,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         self.credentials = credentials
+        self.connect_timeout = connect_timeout
         url = urlsplit(credentials.server)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -202,10 +214,12 @@ class Upstream:
                 self.port,
                 ssl_options=self.credentials.ssl_context,
                 max_buffer_size=1 << 28,
+                timeout=self.connect_timeout,
             )
         except (OSError, iostream.StreamClosedError, ssl.SSLError, ValueError) as exc:
             # ValueError: tornado's "IOStream is not idle" when the server closed the new
             # connection before the TLS handshake began; as transient as a refused connect.
+            # OSError includes the TimeoutError of connect_timeout.
             raise UpstreamError(f"cannot connect to the Kubernetes API server: {exc}") from exc
         stream.set_nodelay(True)
         if stream.socket is not None:

@@ -150,23 +150,26 @@ def quiet_reflector(upstream: FakeUpstream, store: Store, **kw: Any) -> Reflecto
     return Reflector(RAY_RESOURCES[0], upstream, store, silence=0.05, **kw)  # type: ignore[arg-type]
 
 
-def test_a_watch_silent_past_the_bound_is_ended_and_resumed_from_the_last_version() -> None:
+def test_a_watch_silent_past_the_bound_is_ended_and_resumed_at_once_from_the_last_version() -> None:
+    states: list[str | None] = []
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
     upstream = FakeUpstream(
         pages=[{"items": [], "metadata": {"resourceVersion": "10"}}],
         watches=[[added("a", 11), STALL], [added("b", 12)]],
+        on_send=lambda: states.append(reflector.behind),
     )
     store = Store()
-    behind: list[str | None] = []
-
-    async def sleep(_: float) -> None:
-        behind.append(reflector.behind)
-
     reflector = quiet_reflector(upstream, store, sleep=sleep)
     run(reflector)
     assert reflector.silent_watches == 1
     assert "resourceVersion=11" in upstream.targets[2]
     assert [e.name for e in store.entries()] == ["a", "b"]
-    assert len(behind) == 1 and (behind[0] or "").startswith("watch restarted: no byte")
+    assert (states[1] or "").startswith("watch restarted: no byte")
+    assert sleeps == []  # it had been answered: no backoff
 
 
 def test_a_watch_that_never_answers_counts_as_silent_from_its_request() -> None:
@@ -175,9 +178,15 @@ def test_a_watch_that_never_answers_counts_as_silent_from_its_request() -> None:
         watches=[HANG, HANG, [added("a", 11)]],
     )
     store = Store()
-    reflector = quiet_reflector(upstream, store, sleep=no_sleep)
+    sleeps: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        sleeps.append(delay)
+
+    reflector = quiet_reflector(upstream, store, sleep=sleep, backoff=Backoff(jitter=0))
     run(reflector)
     assert reflector.silent_watches == 2
+    assert sleeps == [0.2, 0.4]  # never answered: backed off like a failure
     assert all("resourceVersion=10" in t for t in upstream.targets[1:4])
     assert [e.name for e in store.entries()] == ["a"]
 
