@@ -131,7 +131,7 @@ def render(runtime: Runtime, requests: RequestCounter) -> bytes:
     metric(
         "watchcache_upstream_silent_watches_total",
         "counter",
-        "Upstream watches ended because they stayed silent past the bound.",
+        "Upstream watches (or LIST pages) abandoned for silence past the bound.",
         [(lb, r.silent_watches) for r, lb in feeds],
     )
     return ("\n".join(lines) + "\n").encode()

@@ -121,7 +121,7 @@ class Reflector:
         self.rv = 0
         self.lists = 0  # how many LISTs: one, unless 410s forced more
         self.watches = 0
-        self.silent_watches = 0  # watches ended for silence
+        self.silent_watches = 0  # watches (or LIST pages) abandoned for silence
         # Why the cache is known to be behind upstream (None: it is not, as far as known).
         self.behind: str | None = "listing"
         self._last_byte = time.monotonic()
@@ -159,7 +159,7 @@ class Reflector:
                 log.info("%s: resourceVersion %d expired; listing again", self.name, self.rv)
                 need_list = True
             except Silent as exc:
-                self.behind = f"watch restarted: {exc}"
+                self.behind = f"restarted after silence: {exc}"
                 self.silent_watches += 1
                 # An answered watch gone quiet is resumed at once; one never answered backs
                 # off like any failure.
@@ -187,7 +187,17 @@ class Reflector:
             target = f"{self.path}?limit={self.page_size}{self.selectors}"
             if token:
                 target += f"&continue={quote(token)}"
-            resp = await self.upstream.fetch("GET", target, headers={"Accept": "application/json"})
+            page_request = self.upstream.fetch(
+                "GET", target, headers={"Accept": "application/json"}
+            )
+            try:
+                # A page is a few hundred objects: one that takes the whole silence bound
+                # is as stalled as a silent watch.
+                resp = await asyncio.wait_for(page_request, self.silence)
+            except TimeoutError:
+                raise Silent(
+                    f"no LIST page from upstream in {self.silence:g}s", established=False
+                ) from None
             self._last_byte = time.monotonic()
             if resp.code == 410 and token:
                 # The list outlived etcd's compaction window mid-way: start again.

@@ -175,7 +175,7 @@ def test_a_stalled_watch_is_restarted_readyz_fails_while_behind_and_the_cache_en
         timeout=SILENCE * 5,
         what="/readyz to fail while the cache is behind",
     )
-    assert b"rayclusters.ray.io (all namespaces) behind: watch restarted" in body
+    assert b"rayclusters.ray.io (all namespaces) behind: restarted after silence" in body
     assert metric(watching, "watchcache_upstream_behind", **labels) == 1
     assert metric(watching, "watchcache_upstream_silence_seconds", **labels) >= SILENCE
     assert not any(n.startswith("stalled-") for n in names(watching, controlplane))

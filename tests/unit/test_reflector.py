@@ -32,7 +32,7 @@ HANG = "hang"
 class FakeUpstream:
     """Answers LISTs from ``pages`` and WATCHes from ``watches``, recording the targets."""
 
-    pages: list[dict[str, Any]]
+    pages: list[dict[str, Any] | str]
     watches: list[list[dict[str, Any] | str] | int | str]
     targets: list[str] = field(default_factory=list)
     on_send: Callable[[], None] | None = None
@@ -40,6 +40,8 @@ class FakeUpstream:
     async def fetch(self, method: str, target: str, **_: Any) -> Response:
         self.targets.append(target)
         page = self.pages.pop(0)
+        if page == HANG:
+            await asyncio.Event().wait()
         return Response(200, {}, orjson.dumps(page))  # type: ignore[arg-type]
 
     async def send(self, method: str, target: str, sink: Any, **_: Any) -> None:
@@ -168,7 +170,7 @@ def test_a_watch_silent_past_the_bound_is_ended_and_resumed_at_once_from_the_las
     assert reflector.silent_watches == 1
     assert "resourceVersion=11" in upstream.targets[2]
     assert [e.name for e in store.entries()] == ["a", "b"]
-    assert (states[1] or "").startswith("watch restarted: no byte")
+    assert (states[1] or "").startswith("restarted after silence: no byte")
     assert sleeps == []  # it had been answered: no backoff
 
 
@@ -220,3 +222,16 @@ def test_the_silence_shown_spans_a_whole_stalled_watch() -> None:
     run(reflector)
     assert silences[1] >= 0.2  # the hung watch sent nothing from its request to its end
     assert silences[2] < 0.2  # the next one did
+
+
+def test_a_list_page_that_never_comes_is_abandoned_after_the_bound_and_listed_again() -> None:
+    upstream = FakeUpstream(
+        pages=[HANG, {"items": [obj("a", 5)], "metadata": {"resourceVersion": "5"}}],
+        watches=[[added("b", 6)]],
+    )
+    store = Store()
+    reflector = quiet_reflector(upstream, store, sleep=no_sleep)
+    run(reflector)
+    assert reflector.lists == 1
+    assert reflector.silent_watches == 1
+    assert [e.name for e in store.entries()] == ["a", "b"]
