@@ -168,7 +168,7 @@ class Reflector:
                 if delay:
                     await self.sleep(delay)
             except (UpstreamError, OSError, ValueError) as exc:
-                self.behind = f"watch failed: {exc}"
+                self.behind = f"upstream failed: {exc}"
                 delay = self.backoff.delay()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
                 await self.sleep(delay)

@@ -10,6 +10,7 @@ kubeconfig exec plugins, token files and in-cluster service accounts all work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
@@ -209,18 +210,23 @@ class Upstream:
             if not stream.closed():
                 return stream
         try:
-            stream = await self._tcp.connect(
-                self.host,
-                self.port,
-                ssl_options=self.credentials.ssl_context,
-                max_buffer_size=1 << 28,
-                timeout=self.connect_timeout,
+            # Not connect's own timeout: on expiry tornado logs the handshake's later failure
+            # with a traceback; cancelling the connect closes the half-made stream quietly.
+            stream = await asyncio.wait_for(
+                self._tcp.connect(
+                    self.host,
+                    self.port,
+                    ssl_options=self.credentials.ssl_context,
+                    max_buffer_size=1 << 28,
+                ),
+                self.connect_timeout,
             )
         except (OSError, iostream.StreamClosedError, ssl.SSLError, ValueError) as exc:
             # ValueError: tornado's "IOStream is not idle" when the server closed the new
             # connection before the TLS handshake began; as transient as a refused connect.
             # OSError includes the TimeoutError of connect_timeout.
-            raise UpstreamError(f"cannot connect to the Kubernetes API server: {exc}") from exc
+            reason = str(exc) or f"no connection within {self.connect_timeout:g}s"
+            raise UpstreamError(f"cannot connect to the Kubernetes API server: {reason}") from exc
         stream.set_nodelay(True)
         if stream.socket is not None:
             enable_keepalive(stream.socket)

@@ -69,7 +69,6 @@ class FaultProxy:
         self._stalled: set[str] = set()
         self._resets = 0
         self._tls = tls
-        self.connections = 0  # accepted, reset ones included
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # one per open connection
@@ -154,7 +153,6 @@ class FaultProxy:
 
     def _take_reset(self) -> bool:
         with self._lock:
-            self.connections += 1
             if self._resets > 0:
                 self._resets -= 1
                 return True
@@ -201,7 +199,7 @@ class FaultProxy:
                 writer.transport.abort()
                 return
             if self._tls is not None:
-                await writer.start_tls(self._tls)
+                await asyncio.wait_for(writer.start_tls(self._tls), 10)
             while await self._one_request(reader, writer):
                 pass
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):

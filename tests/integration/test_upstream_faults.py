@@ -244,9 +244,9 @@ def test_a_delete_while_connections_are_cut_is_retried_or_answered_503_never_500
         name = f"cut-{resets}-{attempt}"
         seed(controlplane, name)
         path = f"{RAYCLUSTERS}/{name}"
+        faults.reset()  # resets the last DELETE left unused
         # Warm: watchcache now holds an idle connection to the fault proxy.
         assert cached_behind.request("PATCH", path, label("warm"), MERGE)[0] == 200
-        faults.reset()
         faults.drop("DELETE", path)
         faults.reset_connections(resets)
         # Bounded in time by the client's own timeout: the policy gives up within 30 s.

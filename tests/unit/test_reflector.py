@@ -207,7 +207,7 @@ def test_the_cache_is_behind_while_listing_and_restarting_and_current_once_watch
     # the 500 left the cache behind until the next watch was established.
     assert states[0] == "listing"
     assert states[1] is None
-    assert (states[2] or "").startswith("watch failed: WATCH")
+    assert (states[2] or "").startswith("upstream failed: WATCH")
     assert states[3] is None
 
 

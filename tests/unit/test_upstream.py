@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import Any
 
 import pytest
@@ -54,3 +55,15 @@ def test_upstream_sockets_have_tcp_keepalive() -> None:
         keepalive, idle = asyncio.run(options())
     assert keepalive == 1
     assert idle == 30
+
+
+def test_a_tls_handshake_that_never_completes_is_bounded() -> None:
+    """A listener that accepts (the kernel does) and never answers the ClientHello."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        creds = Credentials(f"https://127.0.0.1:{port}", ssl.create_default_context(), lambda: None)
+        client = Upstream(creds, connect_timeout=0.2)
+        with pytest.raises(UpstreamError, match=r"no connection within 0\.2s"):
+            asyncio.run(client.send("GET", "/x", LineSink(lambda _: None)))
