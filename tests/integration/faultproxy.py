@@ -70,7 +70,8 @@ class FaultProxy:
         self._resets = 0
         self._tls = tls
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket
+        self._acceptor: asyncio.Future[None]
         self._tasks: set[asyncio.Task[None]] = set()  # one per open connection
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
@@ -173,40 +174,58 @@ class FaultProxy:
 
     # ---- the loop ---------------------------------------------------------------------------
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MAX_HEAD)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Its own accept loop, not asyncio.start_server: a connection is reset before any
+        # byte of it is read, and TLS begins before the stream reads (a start_tls after the
+        # stream has read the ClientHello would wait for it forever).
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._acceptor = asyncio.ensure_future(self._accept(listener))
         self._loop.call_later(self._lifetime, lambda: asyncio.ensure_future(self._shutdown()))
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._acceptor.cancel()
+        self._listener.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._slots.acquire(blocking=False):
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                continue
+            task = asyncio.ensure_future(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
             if self._take_reset():
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                writer.transport.abort()
-                return
-            if self._tls is not None:
-                await asyncio.wait_for(writer.start_tls(self._tls), 10)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return  # closed below: with that linger, an RST
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=MAX_HEAD)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            tls = {"ssl": self._tls, "ssl_handshake_timeout": 10} if self._tls else {}
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, **tls)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             while await self._one_request(reader, writer):
                 pass
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass  # ssl.SSLError is an OSError
         finally:
-            self._tasks.discard(task)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
             self._slots.release()
 
     async def _one_request(

@@ -245,8 +245,10 @@ def test_a_delete_while_connections_are_cut_is_retried_or_answered_503_never_500
         seed(controlplane, name)
         path = f"{RAYCLUSTERS}/{name}"
         faults.reset()  # resets the last DELETE left unused
-        # Warm: watchcache now holds an idle connection to the fault proxy.
-        assert cached_behind.request("PATCH", path, label("warm"), MERGE)[0] == 200
+        # Warm: watchcache now holds an idle connection to the fault proxy. (A handshake cut
+        # by an earlier reset may still be pending: each is bounded, 10 s.)
+        warm = cached_behind.request("PATCH", path, label("warm"), MERGE, timeout=60)[0]
+        assert warm in (200, 503)
         faults.drop("DELETE", path)
         faults.reset_connections(resets)
         # Bounded in time by the client's own timeout: the policy gives up within 30 s.
@@ -260,4 +262,4 @@ def test_a_delete_while_connections_are_cut_is_retried_or_answered_503_never_500
         assert faults.attempts("DELETE", path) <= 4  # the first and at most three retries
     log = cached_behind.log()
     assert "Traceback" not in log
-    assert not re.search(r"^.* DELETE \S+ 500 ", log, re.MULTILINE)
+    assert not re.search(r"^.* (PATCH|DELETE) \S+ 500 ", log, re.MULTILINE)
