@@ -85,6 +85,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="how many recent events per resource are kept for watches to resume from",
     )
+    parser.add_argument(
+        "--upstream-watch-silence",
+        type=float,
+        default=130.0,
+        metavar="SECONDS",
+        help="restart an upstream watch that sent nothing (not even a bookmark) this long",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     _limits(parser)
 
@@ -196,6 +203,7 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "watch_stall_timeout": args.watch_stall_timeout,
         "watch_history_seconds": args.watch_history_seconds,
         "watch_history_events": args.watch_history_events,
+        "upstream_watch_silence": max(args.upstream_watch_silence, 0.1),
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
         "limits": limits_from(args),

@@ -91,6 +91,9 @@ class Settings:
     # How far back a watch can resume: the window of recent events kept per resource.
     watch_history_seconds: float = 300.0
     watch_history_events: int = 10_000
+    # An upstream watch silent this long (no event, no bookmark) is presumed stalled and
+    # restarted; kube-apiserver sends a bookmark about every minute.
+    upstream_watch_silence: float = 130.0
     cors_allow_origin: str | None = None
     # A YAML file of default values for created Ray resources (see middleware.kuberay.Defaults).
     defaults_file: str | None = None

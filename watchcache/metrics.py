@@ -172,4 +172,32 @@ def render(runtime: Runtime, requests: RequestCounter) -> bytes:
         "WATCHes sent upstream by reflectors.",
         sorted(watches.items()),
     )
+    feeds = [
+        (
+            r,
+            _labels(
+                resource=f"{r.resource.plural}.{r.resource.group or 'core'}",
+                namespace=r.namespace or "",
+            ),
+        )
+        for r in runtime.reflectors
+    ]
+    metric(
+        "watchcache_upstream_silence_seconds",
+        "gauge",
+        "Seconds since upstream last sent a reflector anything (a watch event, a bookmark).",
+        [(lb, round(r.silent_for(), 3)) for r, lb in feeds],
+    )
+    metric(
+        "watchcache_upstream_behind",
+        "gauge",
+        "1 while a reflector's cache is known to be behind (listing, or its watch restarting).",
+        [(lb, int(r.behind is not None)) for r, lb in feeds],
+    )
+    metric(
+        "watchcache_upstream_silent_watches_total",
+        "counter",
+        "Upstream watches (or LIST pages) abandoned for silence past the bound.",
+        [(lb, r.silent_watches) for r, lb in feeds],
+    )
     return ("\n".join(lines) + "\n").encode()

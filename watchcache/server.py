@@ -100,7 +100,15 @@ class Runtime:
         )
         self.cached[spec] = resource
         for ns in feeds:
-            self.reflectors.append(Reflector(spec, self.upstream, store, namespace=ns))
+            self.reflectors.append(
+                Reflector(
+                    spec,
+                    self.upstream,
+                    store,
+                    namespace=ns,
+                    silence=self.settings.upstream_watch_silence,
+                )
+            )
         return resource
 
     def _builtin_middleware(self) -> list[Middleware]:

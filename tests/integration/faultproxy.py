@@ -7,7 +7,11 @@ the next N such requests with status S (and Retry-After); drop the connection wi
 answer; forward the request, then break its answer off after the head; or deliver what
 kube-apiserver sends on a path L seconds late (a lagging watch). Every request, faulted or
 forwarded, is recorded. A forwarded response is relayed as it arrives, piece by piece, so a
-watch streams through.
+watch streams through. Two faults act below HTTP: a stalled path's answers stop being relayed
+while their connections stay open (a watch gone silent, TCP alive), and the next N connections
+can be reset as soon as they are accepted. With ``tls`` (a serving context, see
+``serving_context``) watchcache talks HTTPS to it, as to kube-apiserver, and a reset lands
+before the TLS handshake.
 
 It runs its own asyncio loop on a daemon thread, holds at most ``max_connections``
 connections and reads at most ``MAX_BODY`` of a request, and stops by itself after
@@ -19,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
+import struct
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -48,6 +54,7 @@ class FaultProxy:
         *,
         lifetime: float = 900.0,
         max_connections: int = 256,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         url = urlsplit(upstream)
         self._host = url.hostname or "127.0.0.1"
@@ -59,15 +66,20 @@ class FaultProxy:
         self._faults: list[Fault] = []
         self._seen: list[tuple[str, str]] = []
         self._lags: dict[str, float] = {}
+        self._stalled: set[str] = set()
+        self._resets = 0
+        self._tls = tls
         self._loop = asyncio.new_event_loop()
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket
+        self._acceptor: asyncio.Future[None]
         self._tasks: set[asyncio.Task[None]] = set()  # one per open connection
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.port = 0
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     # ---- control, from the test's thread ----------------------------------------------------
     def start(self) -> FaultProxy:
@@ -109,6 +121,17 @@ class FaultProxy:
         with self._lock:
             self._lags[path] = seconds
 
+    def stall(self, path: str, stalled: bool = True) -> None:
+        """While stalled, nothing more of any answer on ``path`` (open streams included, the
+        head of a new one too) is relayed, and its connection stays open; False resumes."""
+        with self._lock:
+            (self._stalled.add if stalled else self._stalled.discard)(path)
+
+    def reset_connections(self, times: int) -> None:
+        """The next ``times`` connections are reset (RST) as soon as they are accepted."""
+        with self._lock:
+            self._resets = times
+
     def attempts(self, method: str, path: str) -> int:
         """How many requests ``method path`` arrived, faulted or forwarded."""
         with self._lock:
@@ -119,6 +142,22 @@ class FaultProxy:
             self._faults.clear()
             self._seen.clear()
             self._lags.clear()
+            self._stalled.clear()
+            self._resets = 0
+
+    async def _unstalled(self, path: str) -> None:
+        while True:
+            with self._lock:
+                if path not in self._stalled:
+                    return
+            await asyncio.sleep(0.05)
+
+    def _take_reset(self) -> bool:
+        with self._lock:
+            if self._resets > 0:
+                self._resets -= 1
+                return True
+        return False
 
     def _lag(self, path: str) -> float:
         with self._lock:
@@ -135,33 +174,58 @@ class FaultProxy:
 
     # ---- the loop ---------------------------------------------------------------------------
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=MAX_HEAD)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Its own accept loop, not asyncio.start_server: a connection is reset before any
+        # byte of it is read, and TLS begins before the stream reads (a start_tls after the
+        # stream has read the ClientHello would wait for it forever).
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        self._acceptor = asyncio.ensure_future(self._accept(listener))
         self._loop.call_later(self._lifetime, lambda: asyncio.ensure_future(self._shutdown()))
 
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        self._acceptor.cancel()
+        self._listener.close()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._slots.acquire(blocking=False):
-            writer.transport.abort()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, _ = await loop.sock_accept(listener)
+            if not self._slots.acquire(blocking=False):
+                conn.close()
+                continue
+            task = asyncio.ensure_future(self._serve(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        writer: asyncio.StreamWriter | None = None
         try:
+            if self._take_reset():
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return  # closed below: with that linger, an RST
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=MAX_HEAD)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            tls = {"ssl": self._tls, "ssl_handshake_timeout": 10} if self._tls else {}
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn, **tls)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             while await self._one_request(reader, writer):
                 pass
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass
+            pass  # ssl.SSLError is an OSError
         finally:
-            self._tasks.discard(task)
-            writer.close()
+            if writer is not None:
+                writer.close()
+            else:
+                conn.close()
             self._slots.release()
 
     async def _one_request(
@@ -214,6 +278,7 @@ class FaultProxy:
             )
             if not framed:
                 kept.append("Connection: close")  # the body ends where the connection does
+            await self._unstalled(path)
             writer.write(("\r\n".join([status_line, *kept]) + "\r\n\r\n").encode("latin-1"))
             await writer.drain()
             if cut:
@@ -239,6 +304,7 @@ class FaultProxy:
                 wait = item[0] - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+                await self._unstalled(path)
                 dst.write(item[1])
                 await dst.drain()
 
@@ -253,6 +319,13 @@ class FaultProxy:
             await writer
         finally:
             writer.cancel()
+
+
+def serving_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server-side TLS context (kube-apiserver's serving pair fits: it names 127.0.0.1)."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
 
 
 def _headers(lines: list[str]) -> list[tuple[str, str]]:

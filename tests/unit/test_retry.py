@@ -1,4 +1,5 @@
-"""The retry policy (the reference APIServer's documented one) and the duplicate-create guard."""
+"""The retry policy (the reference APIServer's documented one, less the answers a retry cannot
+change) and the duplicate-create guard."""
 
 from __future__ import annotations
 
@@ -7,7 +8,15 @@ import json
 import pytest
 import yaml
 
-from watchcache.upstream.retry import NO_RETRIES, RETRYABLE, RetryPolicy, may_duplicate
+from watchcache.upstream.retry import (
+    INSPECTED,
+    NO_RETRIES,
+    RETRYABLE,
+    RetryPolicy,
+    may_duplicate,
+    request_deadline,
+    resource_version_too_large,
+)
 
 POLICY = RetryPolicy()
 
@@ -90,6 +99,96 @@ def test_the_retried_codes_are_configurable() -> None:
     policy = RetryPolicy(codes=frozenset({503}))
     assert policy.delay(0, 0.0, code=503) == 0.5
     assert policy.delay(0, 0.0, code=429) is None
+
+
+# ---- answers a retry cannot change ------------------------------------------------------------
+
+# kube-apiserver's answer to a list at a resourceVersion it has not reached (after 3 s).
+TOO_LARGE = json.dumps(
+    {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Timeout: Too large resource version: 1009, current: 9",
+        "reason": "Timeout",
+        "details": {
+            "causes": [
+                {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+            ],
+            "retryAfterSeconds": 1,
+        },
+        "code": 504,
+    }
+).encode()
+# Its request-timeout 504, and a gateway's.
+TIMED_OUT = (
+    b'{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+    b'"message":"Timeout: request did not complete within the allotted timeout",'
+    b'"reason":"Timeout","details":{},"code":504}'
+)
+GATEWAY = b"<html><body><h1>504 Gateway Time-out</h1></body></html>"
+
+
+def test_a_504_too_large_resource_version_is_never_retried() -> None:
+    assert POLICY.delay(0, 0.0, code=504, retry_after="1", body=TOO_LARGE) is None
+    assert POLICY.delay(0, 0.0, code=504, body=TOO_LARGE) is None
+
+
+def test_a_too_large_resource_version_is_recognised_in_protobuf_and_yaml_too() -> None:
+    protobuf = b"k8s\x00\n\x0c\n\x02v1\x12\x06Status\x12*Timeout: Too large resource version: 5"
+    yaml_body = b"details:\n  causes:\n  - reason: ResourceVersionTooLarge\n"
+    assert resource_version_too_large(protobuf)
+    assert resource_version_too_large(yaml_body)
+    assert POLICY.delay(0, 0.0, code=504, body=protobuf) is None
+
+
+@pytest.mark.parametrize(
+    "body", [TIMED_OUT, GATEWAY, b"", None], ids=["timeout", "gw", "empty", "unread"]
+)
+def test_other_504s_are_still_retried(body: bytes | None) -> None:
+    assert POLICY.delay(0, 0.0, code=504, body=body) == 0.5
+
+
+def test_the_too_large_marker_matters_only_on_a_504() -> None:
+    """A 503 whose message happens to quote the words is still transient."""
+    assert POLICY.delay(0, 0.0, code=503, body=TOO_LARGE) == 0.5
+
+
+def test_504_is_the_code_whose_body_is_inspected() -> None:
+    assert frozenset({504}) == INSPECTED
+
+
+def test_a_request_whose_deadline_has_passed_is_not_retried() -> None:
+    assert POLICY.delay(0, 2.0, code=503, deadline=2.0) is None
+    assert POLICY.delay(0, 5.0, code=None, deadline=2.0) is None
+
+
+def test_a_retry_whose_wait_would_pass_the_deadline_is_not_made() -> None:
+    assert POLICY.delay(0, 0.0, code=503, deadline=0.4) is None  # the wait is 0.5 s
+    assert POLICY.delay(0, 0.0, code=429, retry_after="2", deadline=1.0) is None
+    assert POLICY.delay(0, 0.0, code=429, retry_after="2", deadline=3.0) == 2.0
+
+
+def test_a_request_within_its_deadline_is_retried_as_usual() -> None:
+    assert POLICY.delay(1, 0.2, code=503, deadline=10.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "seconds"),
+    [("1s", 1.0), ("250ms", 0.25), ("1m", 60.0), ("2h", 60.0), ("0", 60.0), ("-3s", 60.0)],
+)
+def test_the_deadline_is_the_timeout_parameter_bounded_as_kube_apiserver_bounds_it(
+    timeout: str, seconds: float
+) -> None:
+    assert request_deadline({"timeout": [timeout]}) == seconds
+
+
+@pytest.mark.parametrize(
+    "query", [{}, {"timeout": [""]}, {"timeout": ["soon"]}, {"timeout": ["9" * 5000 + "s"]}]
+)
+def test_no_valid_timeout_parameter_means_no_deadline(query: dict[str, list[str]]) -> None:
+    assert request_deadline(query) is None
 
 
 # ---- may_duplicate --------------------------------------------------------------------------

@@ -344,11 +344,15 @@ class HealthHandler(AnyMethodHandler):
 
 
 class ReadyHandler(AnyMethodHandler):
-    """``/readyz``: ready once every cache has synced (at once in pass-through mode)."""
+    """``/readyz``: ready once every cache has synced (at once in pass-through mode), and
+    not while a synced cache is known to be behind (its watch restarting, or a re-list)."""
 
     def get(self) -> None:  # type: ignore[override]
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         waiting = self.runtime.not_ready()
+        waiting += [
+            f"{r.name} behind: {r.behind}" for r in self.runtime.reflectors if r.lists and r.behind
+        ]
         if waiting:
             self.set_status(503)
             self.finish(("not ready: " + ", ".join(waiting)).encode())

@@ -29,7 +29,7 @@ from tornado import httputil, iostream, web
 from watchcache.http.base import BaseHandler
 from watchcache.kube.status import StatusError
 from watchcache.upstream.client import UpstreamError
-from watchcache.upstream.retry import may_duplicate
+from watchcache.upstream.retry import INSPECT_LIMIT, INSPECTED, may_duplicate, request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,18 @@ def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
     return {n: request.headers[n] for n in FORWARD_REQUEST_HEADERS if n in request.headers}
 
 
-# Given an answer's status code (None: no answer) and Retry-After, the seconds to wait
-# before sending the request again, or None not to.
-RetryDecision = Callable[[int | None, str | None], float | None]
+# Given an answer's status code (None: no answer), Retry-After and body (None: not read),
+# the seconds to wait before sending the request again, or None not to.
+RetryDecision = Callable[[int | None, str | None, bytes | None], float | None]
 
 
 class _Relay:
     """A ResponseSink writing to the downstream handler, flush by flush.
 
     It swallows a response that will be retried, and holds a successful one whole when
-    ``hold`` is set, so that the handler can release it once the cache has caught up.
+    ``hold`` is set, so that the handler can release it once the cache has caught up. An
+    answer whose body tells whether it may be retried (retry.INSPECTED) is held, bounded,
+    until its end, and decided then.
     """
 
     def __init__(self, handler: web.RequestHandler, decide: RetryDecision, hold: bool):
@@ -79,12 +81,22 @@ class _Relay:
         self.retry_wait: float | None = None  # set: this answer is dropped and retried
         self.held: tuple[int, str, httputil.HTTPHeaders] | None = None
         self.chunks: list[bytes] = []
+        self.deferred: tuple[int, str, httputil.HTTPHeaders] | None = None
+        self.deferred_size = 0
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         self.answered = True
+        if code in INSPECTED:
+            self.deferred = (code, reason, headers)
+            return None
+        return self._decided(code, reason, headers, None)
+
+    def _decided(
+        self, code: int, reason: str, headers: httputil.HTTPHeaders, body: bytes | None
+    ) -> Awaitable[None] | None:
         # Decided here, once, with the Retry-After and the time spent so far, so that what
         # is decided is also what is done.
-        wait = self.decide(code, headers.get("Retry-After"))
+        wait = self.decide(code, headers.get("Retry-After"), body)
         if wait is not None:
             self.retry_code, self.retry_wait = code, wait
             return None
@@ -106,9 +118,35 @@ class _Relay:
             if name.lower() not in DROP_RESPONSE_HEADERS:
                 h.add_header(name, value)
 
+    def _settle(self, body: bytes | None, *, flush: bool) -> Awaitable[None] | None:
+        """Decides a deferred answer; one that is not retried is passed on as it came."""
+        assert self.deferred is not None
+        code, reason, headers = self.deferred
+        self.deferred = None
+        chunks, self.chunks = self.chunks, []
+        flushed = self._decided(code, reason, headers, body)
+        if self.retry_wait is not None:
+            return None
+        if self.held is not None:
+            self.chunks = chunks
+            return None
+        for chunk in chunks:
+            self.handler.write(chunk)
+        if flush:
+            return self.handler.flush()
+        if isinstance(flushed, asyncio.Future):
+            # Nobody awaits it (the answer ends here): a client gone meanwhile is no error.
+            flushed.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return None
+
     def data(self, chunk: bytes) -> Awaitable[None] | None:
         if self.retry_wait is not None:
             return None
+        if self.deferred is not None:
+            self.chunks.append(chunk)
+            self.deferred_size += len(chunk)
+            # Past the limit it is no Status: decided on its code alone.
+            return self._settle(None, flush=True) if self.deferred_size > INSPECT_LIMIT else None
         if self.held is not None:
             self.chunks.append(chunk)
             return None
@@ -122,7 +160,18 @@ class _Relay:
             await self.handler.flush()
 
     def end(self) -> None:
-        pass
+        if self.deferred is not None:
+            self._settle(b"".join(self.chunks), flush=False)
+
+    def broke(self) -> None:
+        """A deferred answer broke off before its end: decided on its code alone, and
+        nothing of it is passed on."""
+        if self.deferred is not None:
+            code, _, headers = self.deferred
+            self.deferred, self.chunks = None, []
+            wait = self.decide(code, headers.get("Retry-After"), None)
+            if wait is not None:
+                self.retry_code, self.retry_wait = code, wait
 
 
 def decide_after_failure(relay: _Relay, exc: UpstreamError, wait: float | None) -> float:
@@ -191,18 +240,29 @@ class PassThroughHandler(BaseHandler):
             body = None
         policy = self.runtime.retry
         once = may_duplicate(method, body)
+        deadline = request_deadline(getattr(self, "query", {}))
         hold = self.hold_for_cache() and method != "GET"
         started = time.monotonic()
         attempt = 0
         while True:
 
             def decide(
-                code: int | None, retry_after: str | None, attempt: int = attempt
+                code: int | None,
+                retry_after: str | None,
+                answer: bytes | None = None,
+                attempt: int = attempt,
             ) -> float | None:
                 if once:
                     return None
                 elapsed = time.monotonic() - started
-                return policy.delay(attempt, elapsed, code=code, retry_after=retry_after)
+                return policy.delay(
+                    attempt,
+                    elapsed,
+                    code=code,
+                    retry_after=retry_after,
+                    body=answer,
+                    deadline=deadline,
+                )
 
             relay = _Relay(self, decide, hold)
             self._exchange = asyncio.ensure_future(
@@ -229,9 +289,11 @@ class PassThroughHandler(BaseHandler):
                 if self._client_gone:
                     return  # the client went away: the upstream request was abandoned
                 timeout = self.runtime.settings.upstream_timeout
-                relay.retry_wait = decide_after_failure(
-                    relay, UpstreamError(f"no answer within {timeout:g}s"), decide(None, None)
-                )
+                relay.broke()
+                if relay.retry_wait is None:
+                    relay.retry_wait = decide_after_failure(
+                        relay, UpstreamError(f"no answer within {timeout:g}s"), decide(None, None)
+                    )
             except UpstreamError as exc:
                 if relay.started:
                     # The client has the head and part of the body. Ending the answer
@@ -239,6 +301,7 @@ class PassThroughHandler(BaseHandler):
                     log.warning("%s %s: answer broke off: %s", method, self.request.path, exc)
                     self.request.connection.close()
                     return
+                relay.broke()
                 if relay.retry_wait is None:  # else a retried answer broke off: no matter
                     relay.retry_wait = decide_after_failure(relay, exc, decide(None, None))
             except iostream.StreamClosedError:

@@ -10,7 +10,9 @@ kubeconfig exec plugins, token files and in-cluster service accounts all work.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +28,33 @@ from tornado.tcpclient import TCPClient
 log = logging.getLogger(__name__)
 
 Body = bytes | AsyncIterator[bytes] | None
+
+# TCP keepalive on every upstream socket: a peer that vanished (a host gone, a NAT entry
+# dropped) is noticed after about a minute of silence instead of the kernel's two hours.
+# It cannot notice a peer that is there but sends nothing: the reflector's silence bound does.
+KEEPALIVE_IDLE = 30
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 3
+
+# How long a new connection, its TLS handshake included, may take. A connection cut during
+# the handshake can leave tornado waiting for it forever; a healthy loopback or in-cluster
+# handshake takes milliseconds.
+CONNECT_TIMEOUT = 10.0
+
+
+def enable_keepalive(sock: socket.socket) -> None:
+    """Turns TCP keepalive on, with Linux's per-socket timings where it has them."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError as exc:  # a socket closed meanwhile: the request will say so itself
+        log.debug("cannot enable TCP keepalive: %s", exc)
 
 
 class UpstreamError(Exception):
@@ -154,8 +183,15 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 class Upstream:
     """A pool of keep-alive HTTP/1.1 connections to one API server."""
 
-    def __init__(self, credentials: Credentials, *, max_idle: int = 64) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        *,
+        max_idle: int = 64,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         self.credentials = credentials
+        self.connect_timeout = connect_timeout
         url = urlsplit(credentials.server)
         self.host = url.hostname or "127.0.0.1"
         self.port = url.port or (443 if url.scheme == "https" else 80)
@@ -174,15 +210,26 @@ class Upstream:
             if not stream.closed():
                 return stream
         try:
-            stream = await self._tcp.connect(
-                self.host,
-                self.port,
-                ssl_options=self.credentials.ssl_context,
-                max_buffer_size=1 << 28,
+            # Not connect's own timeout: on expiry tornado logs the handshake's later failure
+            # with a traceback; cancelling the connect closes the half-made stream quietly.
+            stream = await asyncio.wait_for(
+                self._tcp.connect(
+                    self.host,
+                    self.port,
+                    ssl_options=self.credentials.ssl_context,
+                    max_buffer_size=1 << 28,
+                ),
+                self.connect_timeout,
             )
-        except (OSError, iostream.StreamClosedError, ssl.SSLError) as exc:
-            raise UpstreamError(f"cannot connect to the Kubernetes API server: {exc}") from exc
+        except (OSError, iostream.StreamClosedError, ssl.SSLError, ValueError) as exc:
+            # ValueError: tornado's "IOStream is not idle" when the server closed the new
+            # connection before the TLS handshake began; as transient as a refused connect.
+            # OSError includes the TimeoutError of connect_timeout.
+            reason = str(exc) or f"no connection within {self.connect_timeout:g}s"
+            raise UpstreamError(f"cannot connect to the Kubernetes API server: {reason}") from exc
         stream.set_nodelay(True)
+        if stream.socket is not None:
+            enable_keepalive(stream.socket)
         return stream
 
     def _release(self, stream: iostream.IOStream) -> None:
@@ -316,16 +363,27 @@ class LineSink:
     slows the read instead of growing a buffer.
     """
 
-    def __init__(self, on_line: Callable[[bytes], Awaitable[None] | None]) -> None:
+    def __init__(
+        self,
+        on_line: Callable[[bytes], Awaitable[None] | None],
+        on_head: Callable[[int], None] | None = None,
+    ) -> None:
         self.on_line = on_line
+        self.on_head = on_head
         self.code = 0
         self.headers = httputil.HTTPHeaders()
         self.error_body = b""
         self._partial = b""
+        # When the last byte arrived (at first: when the request was made). A watch that
+        # stays silent longer than a bound is presumed stalled.
         self.last_data = time.monotonic()
+        self.any_data = False  # whether any byte (the head included) has arrived
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         self.code, self.headers = code, headers
+        self.last_data, self.any_data = time.monotonic(), True
+        if self.on_head is not None:
+            self.on_head(code)
 
     async def _deliver(self, lines: list[bytes]) -> None:
         for line in lines:
@@ -334,7 +392,7 @@ class LineSink:
                 await result
 
     def data(self, chunk: bytes) -> Awaitable[None] | None:
-        self.last_data = time.monotonic()
+        self.last_data, self.any_data = time.monotonic(), True
         if self.code != 200:
             if len(self.error_body) < 65536:
                 self.error_body += chunk
