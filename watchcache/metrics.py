@@ -11,10 +11,24 @@ could otherwise grow this page, and the memory behind it, without bound.
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from watchcache.server import Runtime
+    from cachetools import LRUCache
+
+    from watchcache.cache.reflector import Reflector
+    from watchcache.cache.resource import CachedResource
+    from watchcache.http.serving import ConnectionStats
+    from watchcache.kube.resources import ResourceSpec
+
+
+class Observed(Protocol):
+    """What /metrics reads of the server."""
+
+    cached: dict[ResourceSpec, CachedResource]
+    reflectors: list[Reflector]
+    renders: LRUCache[Any, Any]
+    connections: ConnectionStats
 
 
 METHODS = frozenset(
@@ -50,7 +64,7 @@ def _labels(**labels: object) -> str:
     return "{" + inner + "}"
 
 
-def render(runtime: Runtime, requests: RequestCounter) -> bytes:
+def render(runtime: Observed, requests: RequestCounter) -> bytes:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:

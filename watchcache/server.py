@@ -14,6 +14,7 @@ from tornado.netutil import bind_sockets
 
 from watchcache.cache.hub import HistoryLimits, Hub
 from watchcache.cache.reflector import Reflector
+from watchcache.cache.resource import CachedResource, render_cache
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, Settings
@@ -26,12 +27,7 @@ from watchcache.http.base import (
 )
 from watchcache.http.discovery import discovery_routes
 from watchcache.http.proxy import PassThroughHandler
-from watchcache.http.read import (
-    CachedResource,
-    ResourceHandler,
-    list_path_args,
-    render_cache,
-)
+from watchcache.http.read import ResourceHandler, list_path_args
 from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter

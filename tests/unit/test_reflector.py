@@ -14,7 +14,7 @@ import pytest
 from watchcache.cache.reflector import Backoff, Reflector
 from watchcache.cache.store import Relisted, Store
 from watchcache.config import RAY_RESOURCES
-from watchcache.upstream.client import Response
+from watchcache.upstream.client import LineSink, Response
 
 
 def obj(name: str, rv: int) -> dict[str, Any]:
@@ -43,6 +43,9 @@ class FakeUpstream:
         if page == HANG:
             await asyncio.Event().wait()
         return Response(200, {}, orjson.dumps(page))  # type: ignore[arg-type]
+
+    def line_sink(self, on_line: Any, on_head: Any = None) -> LineSink:
+        return LineSink(on_line, on_head)
 
     async def send(self, method: str, target: str, sink: Any, **_: Any) -> None:
         self.targets.append(target)

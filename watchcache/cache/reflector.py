@@ -28,9 +28,9 @@ from urllib.parse import quote
 
 import orjson
 
+from watchcache.cache.listwatch import Source, SourceError, StreamSink
 from watchcache.cache.store import Entry
-from watchcache.config import ResourceSpec
-from watchcache.upstream.client import LineSink, Upstream, UpstreamError
+from watchcache.kube.resources import ResourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class Gone(Exception):
     """The watch's resourceVersion is too old: only a new LIST can continue."""
 
 
-class Silent(UpstreamError):
+class Silent(SourceError):
     """The watch delivered nothing for longer than the silence bound."""
 
     def __init__(self, message: str, *, established: bool) -> None:
@@ -94,7 +94,7 @@ class Reflector:
     def __init__(
         self,
         resource: ResourceSpec,
-        upstream: Upstream,
+        upstream: Source,
         sink: Sink,
         *,
         namespace: str | None = None,
@@ -125,7 +125,7 @@ class Reflector:
         # Why the cache is known to be behind upstream (None: it is not, as far as known).
         self.behind: str | None = "listing"
         self._last_byte = time.monotonic()
-        self._sink: LineSink | None = None
+        self._sink: StreamSink | None = None
 
     @property
     def name(self) -> str:
@@ -167,7 +167,7 @@ class Reflector:
                 log.warning("%s: %s; watching again in %.1fs", self.name, exc, delay)
                 if delay:
                     await self.sleep(delay)
-            except (UpstreamError, OSError, ValueError) as exc:
+            except (SourceError, OSError, ValueError) as exc:
                 self.behind = f"upstream failed: {exc}"
                 delay = self.backoff.delay()
                 log.warning("%s: %s; retrying in %.1fs", self.name, exc, delay)
@@ -204,7 +204,7 @@ class Reflector:
                 items, token = [], ""
                 continue
             if resp.code != 200:
-                raise UpstreamError(f"LIST {target}: HTTP {resp.code}: {resp.body[:300]!r}")
+                raise SourceError(f"LIST {target}: HTTP {resp.code}: {resp.body[:300]!r}")
             page = orjson.loads(resp.body)
             # Each page becomes entries at once: holding every page's decoded dicts until
             # the end would make the first list's peak (and so the RSS) many times the cache.
@@ -230,7 +230,7 @@ class Reflector:
             f"{self.path}?watch=true&allowWatchBookmarks=true"
             f"&resourceVersion={self.rv}&timeoutSeconds={timeout}{self.selectors}"
         )
-        sink = LineSink(self._on_line, self._on_head)
+        sink = self.upstream.line_sink(self._on_line, self._on_head)
         self.watches += 1
         self._error: dict[str, Any] | None = None
         self._sink = sink
@@ -246,11 +246,11 @@ class Reflector:
         if sink.code == 410 or (self._error is not None and self._error.get("code") == 410):
             raise Gone()
         if self._error is not None:
-            raise UpstreamError(f"watch error: {self._error.get('message')}")
+            raise SourceError(f"watch error: {self._error.get('message')}")
         if sink.code != 200:
-            raise UpstreamError(f"WATCH {self.path}: HTTP {sink.code}: {sink.error_body[:300]!r}")
+            raise SourceError(f"WATCH {self.path}: HTTP {sink.code}: {sink.error_body[:300]!r}")
 
-    async def _until_silent(self, request: Any, sink: LineSink) -> None:
+    async def _until_silent(self, request: Any, sink: StreamSink) -> None:
         """Awaits ``request`` (the watch), ending it once ``sink`` has heard nothing for
         ``silence`` seconds: a stalled connection never ends by itself."""
         task = asyncio.ensure_future(request)
@@ -266,7 +266,7 @@ class Reflector:
         finally:
             if not task.done():
                 task.cancel()  # the client then closes the connection
-                with contextlib.suppress(asyncio.CancelledError, UpstreamError, OSError):
+                with contextlib.suppress(asyncio.CancelledError, SourceError, OSError):
                     await task
 
     def _on_head(self, code: int) -> None:

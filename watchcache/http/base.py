@@ -10,16 +10,16 @@ from urllib.parse import urlencode
 
 from tornado import httputil, web
 
-from watchcache.config import ResourceSpec
 from watchcache.kube.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.kube.gourl import decode_path, parse_query
 from watchcache.kube.negotiation import wants_pretty
 from watchcache.kube.requestinfo import check_deadline
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, method_not_allowed, not_found_path
 from watchcache.middleware.core import Request, Response
 
 if TYPE_CHECKING:
-    from watchcache.server import Runtime
+    from watchcache.http.context import Context
 
 log = logging.getLogger("watchcache.http")
 
@@ -59,12 +59,12 @@ class BaseHandler(web.RequestHandler):
     """
 
     SUPPORTED_METHODS = _EveryMethod(STANDARD_METHODS)
-    runtime: Runtime
+    runtime: Context
     resource_spec: ResourceSpec | None = None
     # The query the endpoint answers: the client's, as the middleware left it.
     query: dict[str, list[str]]
 
-    def initialize(self, runtime: Runtime) -> None:
+    def initialize(self, runtime: Context) -> None:
         self.runtime = runtime
         self.body = b""
         self._capturing = False

@@ -32,8 +32,8 @@ from watchcache.kube.wire import go_indent
 from watchcache.upstream.discovery import Document, with_server_address
 
 if TYPE_CHECKING:
-    from watchcache.config import ResourceSpec
-    from watchcache.server import Runtime
+    from watchcache.http.context import Context
+    from watchcache.kube.resources import ResourceSpec
 
 GZIP_THRESHOLD = 128 * 1024
 Kind = Literal["version", "discovery", "openapi/v2", "openapi/v3", "openapi/v3/gv"]
@@ -46,7 +46,7 @@ def not_acceptable() -> StatusError:
 class DiscoveryHandler(BaseHandler):
     """One kind of discovery document; see ``discovery_routes`` for the paths."""
 
-    def initialize(self, runtime: Runtime, kind: Kind) -> None:  # type: ignore[override]
+    def initialize(self, runtime: Context, kind: Kind) -> None:  # type: ignore[override]
         super().initialize(runtime)
         self.kind = kind
 
@@ -175,7 +175,7 @@ class DiscoveryHandler(BaseHandler):
 class RootPathsHandler(BaseHandler):
     """``/``: the paths served, as the API server lists its own (``{"paths": [...]}``)."""
 
-    def initialize(self, runtime: Runtime, paths: list[str]) -> None:  # type: ignore[override]
+    def initialize(self, runtime: Context, paths: list[str]) -> None:  # type: ignore[override]
         super().initialize(runtime)
         self.paths = paths
 
@@ -198,7 +198,7 @@ class NamespaceHandler(PassThroughHandler):
         await self.forward()
 
 
-def discovery_routes(runtime: Runtime, specs: list[ResourceSpec]) -> list[tuple[str, type, dict]]:
+def discovery_routes(runtime: Context, specs: list[ResourceSpec]) -> list[tuple[str, type, dict]]:
     """The discovery paths: /version, /api, /apis, each served group and group version, and
     OpenAPI. Paths of groups watchcache does not serve stay 404."""
 

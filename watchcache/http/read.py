@@ -23,15 +23,12 @@ import logging
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import orjson
-from cachetools import LRUCache
 
-from watchcache.cache.hub import Hub, TooOld
-from watchcache.cache.store import Entry, Key, Snapshot, Store, key_range, matches
-from watchcache.cache.tokens import ContinueCodec
-from watchcache.config import ResourceSpec
+from watchcache.cache.hub import TooOld
+from watchcache.cache.resource import CachedResource, Rendered, RenderKey
+from watchcache.cache.store import Entry, Key, Snapshot, key_range, matches
 from watchcache.http.proxy import PassThroughHandler
 from watchcache.http.table import FORWARD, TableRequest, list_meta, send_table, table_for
 from watchcache.http.watch import serve_watch
@@ -43,6 +40,7 @@ from watchcache.kube.listoptions import (
     resource_version_int,
 )
 from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, not_found, too_many_requests
 from watchcache.kube.validation import check_read_target
 from watchcache.kube.wire import go_escape, go_indent, list_body
@@ -63,47 +61,6 @@ BODY_PARAMS = (
     "resourceVersionMatch",
     "pretty",
 )
-RenderKey = tuple[object, ...]
-
-
-def render_cache(max_bytes: int) -> LRUCache[RenderKey, Rendered]:
-    """The server's one cache of rendered list bodies, bounded by their bytes, gzip included."""
-    return LRUCache(maxsize=max_bytes, getsizeof=lambda r: r.size)
-
-
-@dataclass(slots=True)
-class CachedResource:
-    """What the read handlers need for one resource: its spec, store and render cache."""
-
-    spec: ResourceSpec
-    store: Store
-    hub: Hub
-    codec: ContinueCodec
-    renders: LRUCache[RenderKey, Rendered]
-    # How long a read waits for the first sync, and for a requested resourceVersion.
-    sync_wait: float = 3.0
-    rv_wait: float = 0.5
-    extended_fields: bool = True
-    # A watch without timeoutSeconds ends after 1-2x this many seconds, as the API server's do.
-    watch_timeout: float = 1800.0
-    bookmark_interval: float = 60.0
-    # A watch client that has not taken a write for this long is cut off.
-    stall_timeout: float = 30.0
-    # How long a write's answer may wait for the cache to show it (read-your-writes).
-    write_wait: float = 5.0
-    write_wait_timeouts: int = 0
-
-
-@dataclass(slots=True)
-class Rendered:
-    state: tuple[int, int]  # what the body was rendered from: see ResourceHandler._list
-    etag: str
-    body: bytes
-    gzipped: bytes | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.body) + len(self.gzipped or b"")
 
 
 def _etag(

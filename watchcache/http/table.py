@@ -19,7 +19,7 @@ from watchcache.kube.tables import TableSpec, include_object, render
 from watchcache.kube.wire import go_escape
 
 if TYPE_CHECKING:
-    from watchcache.http.read import ResourceHandler
+    from watchcache.http.context import ReadHandler
 
 FORWARD: Final = "forward"
 
@@ -32,7 +32,7 @@ class TableRequest:
 
 
 async def table_for(
-    handler: ResourceHandler, query: Mapping[str, Sequence[str]]
+    handler: ReadHandler, query: Mapping[str, Sequence[str]]
 ) -> TableRequest | Literal["forward"] | None:
     """The Table a read asks for, FORWARD, or None for plain JSON."""
     wanted = negotiate(handler.request.headers.get("Accept"))
@@ -58,7 +58,7 @@ def list_meta(rv: int, token: str | None = None, remaining: int | None = None) -
 
 
 def send_table(
-    handler: ResourceHandler,
+    handler: ReadHandler,
     table: TableRequest,
     raws: Iterable[bytes],
     meta: Mapping[str, object],

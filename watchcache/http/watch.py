@@ -31,7 +31,8 @@ from watchcache.http.websocket import WebSocketWatch, websocket_watch
 from watchcache.kube.listoptions import ListOptions, resource_version_int, watch_too_old
 
 if TYPE_CHECKING:
-    from watchcache.http.read import CachedResource, ResourceHandler
+    from watchcache.cache.resource import CachedResource
+    from watchcache.http.context import ReadHandler
 
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 WRITE_BUDGET = 1 << 20  # bytes written per flush: what a stalled stream holds in flight
@@ -46,7 +47,7 @@ def bookmark_frame(resource: CachedResource, rv: int, *, initial_end: bool = Fal
 
 
 async def serve_watch(
-    handler: ResourceHandler, resource: CachedResource, namespace: str | None, opts: ListOptions
+    handler: ReadHandler, resource: CachedResource, namespace: str | None, opts: ListOptions
 ) -> None:
     store, hub = resource.store, resource.hub
     ws = websocket_watch(handler)  # None: plain HTTP; raises a refused handshake
@@ -134,7 +135,7 @@ async def serve_watch(
             hub.remove(watcher)
 
 
-async def _expired(handler: ResourceHandler, opts: ListOptions, ws: WebSocketWatch | None) -> None:
+async def _expired(handler: ReadHandler, opts: ListOptions, ws: WebSocketWatch | None) -> None:
     """A negative timeoutSeconds: the API server's watch is past its deadline before it
     starts, so it ends at once with no event; but a consistent start (no resourceVersion)
     first waits for a fresh state, and that wait fails with an ERROR event."""
@@ -149,7 +150,7 @@ async def _expired(handler: ResourceHandler, opts: ListOptions, ws: WebSocketWat
 
 
 async def _start_stream(
-    handler: ResourceHandler, ws: WebSocketWatch | None, watcher: Watcher | None
+    handler: ReadHandler, ws: WebSocketWatch | None, watcher: Watcher | None
 ) -> _BodyWriter | WebSocketWatch:
     """Sends the head at once: a client waits for it before it counts the watch as open
     (over WebSocket, the 101). Even when asked for ``application/json;stream=watch``,
@@ -163,7 +164,7 @@ async def _start_stream(
     return _BodyWriter(handler, watcher)
 
 
-async def _end(handler: ResourceHandler, ws: WebSocketWatch | None) -> None:
+async def _end(handler: ReadHandler, ws: WebSocketWatch | None) -> None:
     if ws is not None:
         await ws.end()
     elif not handler._finished:
@@ -201,7 +202,7 @@ async def _write_initial(
 class _BodyWriter:
     """Writes body bytes to the connection's stream, chunk-framed as tornado would."""
 
-    def __init__(self, handler: ResourceHandler, watcher: Watcher | None) -> None:
+    def __init__(self, handler: ReadHandler, watcher: Watcher | None) -> None:
         conn = handler.request.connection
         self.stream: iostream.IOStream = conn.stream  # type: ignore[union-attr]
         # HTTP/1.0 clients get the raw body, ended by closing the connection.

@@ -30,7 +30,7 @@ from watchcache.kube.status import StatusError
 
 if TYPE_CHECKING:
     from watchcache.cache.hub import Watcher
-    from watchcache.http.read import ResourceHandler
+    from watchcache.http.context import ReadHandler
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ORIGIN = re.compile(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)[^\x00-\x20\x7f]*$")
@@ -44,7 +44,7 @@ def is_websocket(handler: web.RequestHandler) -> bool:
     return upgrade and any("upgrade" in v.lower() for v in headers.get_list("Connection"))
 
 
-def websocket_watch(handler: ResourceHandler) -> WebSocketWatch | None:
+def websocket_watch(handler: ReadHandler) -> WebSocketWatch | None:
     """None for a plain watch; the upgrade to serve for a WebSocket one; raises the
     handshake's refusal as a StatusError."""
     if not is_websocket(handler):
@@ -85,7 +85,7 @@ class WebSocketWatch:
     """The watch's writer once upgraded: the same ``try_write``/``write`` as the HTTP body
     writer, and ``end`` to close."""
 
-    def __init__(self, handler: ResourceHandler, protocol: str | None) -> None:
+    def __init__(self, handler: ReadHandler, protocol: str | None) -> None:
         self.handler = handler
         self.protocol = protocol
         self.stream: iostream.IOStream | None = None

@@ -10,8 +10,8 @@ cache answers both exactly so, rather than 404 or an empty list.
 
 from __future__ import annotations
 
-from watchcache.config import ResourceSpec
 from watchcache.kube.listoptions import GoStatusError
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.selectors import _go_quote
 from watchcache.kube.status import StatusError
 

@@ -9,13 +9,20 @@ business (negotiation.wants_pretty).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
 
 if TYPE_CHECKING:
-    from watchcache.cache.store import Entry
-    from watchcache.config import ResourceSpec
+    from watchcache.kube.resources import ResourceSpec
+
+
+class Entry(Protocol):
+    """An item as stored: its JSON bytes are all a list body needs."""
+
+    @property
+    def raw(self) -> bytes: ...
+
 
 # What Go's encoding/json escapes inside strings and orjson does not; none of these bytes
 # can occur outside a string in JSON, so a plain replace is exact.

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from tornado import httputil
 
-from watchcache.config import ResourceSpec
 from watchcache.kube import bodies
 from watchcache.kube.negotiation import wants_pretty
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError
 
 

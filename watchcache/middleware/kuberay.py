@@ -11,7 +11,7 @@ import yaml
 from tornado import httputil
 
 from watchcache.cache.store import Store
-from watchcache.config import ResourceSpec
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, method_not_allowed
 from watchcache.middleware.core import Next, Request, Response
 

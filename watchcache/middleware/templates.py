@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from watchcache.cache.store import Store
-from watchcache.config import ResourceSpec
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError
 from watchcache.middleware import templates_v1 as v1
 from watchcache.middleware.core import Next, Request, Response

@@ -25,6 +25,8 @@ from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ConnectionParameters
 from tornado.tcpclient import TCPClient
 
+from watchcache.cache.listwatch import SourceError
+
 log = logging.getLogger(__name__)
 
 Body = bytes | AsyncIterator[bytes] | None
@@ -57,7 +59,7 @@ def enable_keepalive(sock: socket.socket) -> None:
         log.debug("cannot enable TCP keepalive: %s", exc)
 
 
-class UpstreamError(Exception):
+class UpstreamError(SourceError):
     """The API server could not be reached, or the connection broke mid-response."""
 
 
@@ -341,6 +343,14 @@ class Upstream:
         await conn.read_response(delegate)
         if not delegate.started and stream.closed():
             raise iostream.StreamClosedError()
+
+    def line_sink(
+        self,
+        on_line: Callable[[bytes], Awaitable[None] | None],
+        on_head: Callable[[int], None] | None = None,
+    ) -> LineSink:
+        """A sink for a watch's body, line by line (the reflector's ``Source`` seam)."""
+        return LineSink(on_line, on_head)
 
     async def fetch(
         self,

@@ -26,8 +26,8 @@ from urllib.parse import quote
 import orjson
 from cachetools import TTLCache
 
-from watchcache.config import ResourceSpec
 from watchcache.kube.jsonpath import Unsupported
+from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError
 from watchcache.kube.tables import TableSpec
 from watchcache.kube.wire import go_escape
