@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint controlplane bench bench-quick clean
+.PHONY: run test check lint controlplane bench bench-quick clean
 
 $(BIN)/watchcache: pyproject.toml
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
@@ -19,9 +19,14 @@ controlplane:
 run: $(BIN)/watchcache controlplane
 	$(BIN)/watchcache dev
 
-## test: every test, against a real kube-apiserver and etcd built from source
-test: $(BIN)/watchcache controlplane lint
-	$(BIN)/pytest -q tests
+## check: lint, types and the unit tests; needs no Go and no control plane
+check: lint
+	$(BIN)/mypy
+	$(BIN)/pytest -q tests/unit
+
+## test: `make check`, then every other test against a real kube-apiserver and etcd built from source
+test: check controlplane
+	$(BIN)/pytest -q tests/integration tests/hostile
 
 LINTED := $(wildcard watchcache tests benchmarks examples deploy/controlplane)
 
