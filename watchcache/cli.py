@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from watchcache.config import ServerLimits, Settings
+from watchcache.config import FEATURES, ServerLimits, Settings
 from watchcache.upstream.retry import RetryPolicy
 
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
@@ -43,6 +43,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--no-kuberay-features",
         action="store_true",
         help="turn off compute templates, Ray events and the dashboard service proxy",
+    )
+    parser.add_argument(
+        "--features",
+        default=None,
+        metavar="LIST",
+        help="the built-in features to run, comma-separated, of cors, ray-events,"
+        " service-proxy, defaults, compute-templates (default: all; '' for none)",
     )
     parser.add_argument(
         "--retries",
@@ -188,6 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _features(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown:
+        sys.exit(f"unknown features: {', '.join(unknown)} (known: {', '.join(FEATURES)})")
+    return names
+
+
 def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "bind": args.bind,
@@ -197,6 +214,7 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "cors_allow_origin": args.cors_allow_origin,
         "defaults_file": args.defaults,
         "kuberay_features": not args.no_kuberay_features,
+        "features": _features(args.features),
         "retry": RetryPolicy(max_retries=max(args.retries, 0)),
         "upstream_timeout": args.upstream_timeout,
         "render_cache_bytes": args.render_cache_bytes,

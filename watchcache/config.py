@@ -7,6 +7,11 @@ from dataclasses import dataclass, field
 from watchcache.kube.resources import RAY_RESOURCES, ResourceSpec
 from watchcache.upstream.retry import RetryPolicy
 
+# The built-in features by name, in the order the chain runs them (outermost first):
+# defaults before compute templates, since a defaults file may name a computeTemplate.
+FEATURES = ("cors", "ray-events", "service-proxy", "defaults", "compute-templates")
+KUBERAY_FEATURES = ("ray-events", "service-proxy", "compute-templates")
+
 __all__ = ["RAY_RESOURCES", "ResourceSpec", "ServerLimits", "Settings"]
 
 
@@ -61,6 +66,17 @@ class Settings:
     defaults_file: str | None = None
     # The KubeRay features: compute templates, Ray events, the dashboard service proxy.
     kuberay_features: bool = True
+    # The built-in features to run, by name (middleware.features.NAMES); None: all that
+    # the other settings turn on.
+    features: tuple[str, ...] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limits: ServerLimits = field(default_factory=ServerLimits)
     extra: dict[str, object] = field(default_factory=dict)
+
+    def feature_names(self) -> tuple[str, ...]:
+        """The built-in features this server runs, by name."""
+        if self.features is not None:
+            return self.features
+        if not self.kuberay_features:
+            return tuple(n for n in FEATURES if n not in KUBERAY_FEATURES)
+        return FEATURES

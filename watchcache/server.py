@@ -32,16 +32,7 @@ from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
-from watchcache.middleware.kuberay import (
-    KUBERAY_SERVICES,
-    RAY_EVENTS,
-    SERVICE_PROXY,
-    Cors,
-    Defaults,
-    ServiceProxyGate,
-    ray_events,
-)
-from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates
+from watchcache.middleware.features import Feature, builtin_features
 from watchcache.upstream.client import Credentials, Upstream, load_credentials
 from watchcache.upstream.discovery import Discovery
 
@@ -52,7 +43,11 @@ class Runtime:
     """The collaborators handlers share, created once per server (no module-level singletons)."""
 
     def __init__(
-        self, settings: Settings, upstream: Upstream, middleware: Sequence[Middleware] = ()
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        middleware: Sequence[Middleware] = (),
+        features: Sequence[Feature] | None = None,
     ) -> None:
         self.settings = settings
         self.upstream = upstream
@@ -65,15 +60,18 @@ class Runtime:
         self._codec = ContinueCodec()
         # Rendered list bodies of every resource, in one byte budget for the server.
         self.renders = render_cache(settings.render_cache_bytes)
+        if features is None:
+            features = builtin_features(settings, settings.feature_names())
+        self.features = list(features)
         specs = list(settings.resources) if settings.cache else []
-        if settings.kuberay_features:
-            specs += [CONFIGMAPS, RAY_EVENTS, KUBERAY_SERVICES]
-        for spec in specs:
+        specs += [s for f in self.features for s in f.resources]
+        for spec in dict.fromkeys(specs):  # once each, in order
             self._cache(spec)
         # What discovery lists: the configured resources and any other served cache (events).
         extra = [s for s in self.cached if s.served and s not in settings.resources]
         self.discovery = Discovery(upstream, [*settings.resources, *extra])
-        self.middleware: list[Middleware] = [*self._builtin_middleware(), *middleware]
+        built = [f.middleware(self) for f in self.features if f.middleware is not None]
+        self.middleware: list[Middleware] = [*built, *middleware]
         self.chain: Next = compose(self.middleware, _dispatch)
 
     def _cache(self, spec: ResourceSpec) -> CachedResource:
@@ -107,21 +105,9 @@ class Runtime:
             )
         return resource
 
-    def _builtin_middleware(self) -> list[Middleware]:
-        """The KubeRay features, written on the public middleware API, outermost first."""
-        settings = self.settings
-        out: list[Middleware] = []
-        if settings.cors_allow_origin:
-            out.append(Cors(settings.cors_allow_origin))
-        if settings.kuberay_features:
-            out.append(ray_events)
-            out.append(ServiceProxyGate(self.cached[KUBERAY_SERVICES].store))
-        # Defaults first: a defaults file may name a group's computeTemplate.
-        if settings.defaults_file:
-            out.append(Defaults.from_file(settings.defaults_file))
-        if settings.kuberay_features:
-            out.append(ComputeTemplates(self.cached[CONFIGMAPS].store, self.upstream))
-        return out
+    def store(self, spec: ResourceSpec) -> Store:
+        """A feature's cached resource (the FeatureContext its middleware is built with)."""
+        return self.cached[spec].store
 
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
@@ -170,8 +156,8 @@ def routes(runtime: Runtime) -> list[Any]:
     groups = sorted({re.escape(r.api_prefix) for r in runtime.settings.resources})
     served = "(?:" + "|".join(groups) + ")(?:/.*)?" if groups else "(?!)"
     table.append((served, PassThroughHandler, args))
-    if runtime.settings.kuberay_features:
-        table.append((SERVICE_PROXY, PassThroughHandler, args))
+    for feature in runtime.features:
+        table.extend((pattern, PassThroughHandler, args) for pattern in feature.forwards)
     return table
 
 
@@ -229,10 +215,14 @@ class Server:
         settings: Settings,
         *,
         middleware: Sequence[Middleware] = (),
+        features: Sequence[Feature] | None = None,
         credentials: Credentials | None = None,
     ) -> None:
+        """``features``: the features to run (see middleware.features); None, the built-in
+        KubeRay ones that ``settings`` asks for; ``[]``, none. ``middleware`` run after them."""
         self.settings = settings
         self.middleware = list(middleware)
+        self.features = None if features is None else list(features)
         self._credentials = credentials
         self.runtime: Runtime | None = None
         self._http: BoundedHTTPServer | None = None
@@ -242,7 +232,7 @@ class Server:
         creds = self._credentials or load_credentials(
             self.settings.kubeconfig, self.settings.context
         )
-        self.runtime = Runtime(self.settings, Upstream(creds), self.middleware)
+        self.runtime = Runtime(self.settings, Upstream(creds), self.middleware, self.features)
         self.runtime.start()
         app = make_app(self.runtime)
         limits = self.settings.limits
@@ -281,6 +271,13 @@ class Server:
             await self._http.close_all_connections()
         if self.runtime is not None:
             self.runtime.upstream.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def serve_forever(self) -> None:
         """Starts, serves until SIGINT or SIGTERM, then stops cleanly."""

@@ -150,10 +150,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+REPO = Path(__file__).resolve().parents[2]
 LAUNCH = textwrap.dedent(
     """
     import sys, time
-    from support.controlplane import ControlPlane
+    from tests.support.controlplane import ControlPlane
     cp = ControlPlane(install_crds=False).start()
     print(*cp.pids(), flush=True)
     time.sleep(600)
@@ -163,7 +164,9 @@ LAUNCH = textwrap.dedent(
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_no_control_plane_process_outlives_its_launcher(how: signal.Signals) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # from the repository's root, where tests.support is found
+        [sys.executable, "-c", LAUNCH], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     try:
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
