@@ -172,3 +172,30 @@ def test_example_defaults_file_is_a_valid_defaults_file() -> None:
     values = Defaults.from_file(str(EXAMPLES / "defaults.yaml")).values
     assert set(values) <= {"all", "rayclusters", "rayjobs", "rayservices", "image"}
     assert all(isinstance(v, dict) for k, v in values.items() if k != "image")
+
+
+# ---- ray_pods.py ---------------------------------------------------------------------------
+def test_ray_pods_example_serves_its_own_route_from_its_own_cache(
+    proxy_factory: Callable[..., Proxy], controlplane: ControlPlane, namespace: str
+) -> None:
+    server = example(proxy_factory, "ray_pods.py")
+    # No controller manager here: the namespace's default ServiceAccount is made by hand.
+    sa = {"metadata": {"name": "default"}}
+    code, body = controlplane.request("POST", f"/api/v1/namespaces/{NS}/serviceaccounts", sa)
+    assert code in (201, 409), body
+    pod = {
+        "metadata": {"name": "rc-a-head", "labels": {"ray.io/cluster": "rc-a"}},
+        "spec": {"containers": [{"name": "ray-head", "image": "rayproject/ray"}]},
+    }
+    code, body = controlplane.request("POST", f"/api/v1/namespaces/{NS}/pods", pod)
+    assert code in (201, 409), body
+    deadline = time.monotonic() + 30
+    while True:
+        code, _, raw = server.request("GET", "/ray/pods")
+        assert code == 200, raw
+        if json.loads(raw)["clusters"].get("rc-a") == ["rc-a-head"]:
+            break
+        assert time.monotonic() < deadline, raw
+        time.sleep(0.1)
+    # The built-in features run beside it.
+    assert server.request("GET", f"/apis/v1/namespaces/{NS}/compute_templates")[0] == 200
