@@ -179,3 +179,10 @@ class Follower:
 
     def close(self) -> None:
         self.stream.close()
+
+
+def kube_json(cp: ControlPlane, method: str, path: str, body: object = None, **kw: Any) -> Any:
+    """A direct call to kube-apiserver that must succeed; its JSON answer."""
+    code, raw = cp.request(method, path, body, **kw)
+    assert code in (200, 201), f"{method} {path}: {code} {raw[:500]!r}"
+    return json.loads(raw)

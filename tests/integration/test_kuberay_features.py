@@ -21,6 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import yaml
+from kubeio import kube_json
 from support.controlplane import ControlPlane
 from watchclient import WatchStream, is_initial_events_end
 
@@ -76,13 +77,6 @@ def poll(fetch: Callable[[], T], done: Callable[[T], bool], *, timeout: float = 
             return last
         assert time.monotonic() < deadline, f"still not there after {timeout}s: {last!r}"
         time.sleep(0.05)
-
-
-def kube_json(cp: ControlPlane, method: str, path: str, body: object = None) -> dict[str, Any]:
-    """A direct call to kube-apiserver that must succeed."""
-    code, data = cp.request(method, path, body)
-    assert code in (200, 201), f"{method} {path}: {code} {data[:500]!r}"
-    return json.loads(data)
 
 
 def ensure_namespace(cp: ControlPlane, name: str) -> None:

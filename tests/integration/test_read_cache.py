@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import differential
 import pytest
 from differential import Case
+from kubeio import kube_json
 from support import population
 from support.controlplane import ControlPlane
 from watchclient import WatchStream
@@ -62,12 +63,6 @@ def ns_path(plural: str, ns: str) -> str:
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
-
-
-def kube_json(cp: ControlPlane, method: str, path: str, body: object = None, **kw: Any) -> dict:
-    code, raw = cp.request(method, path, body, **kw)
-    assert code in (200, 201), (method, path, code, raw[:500])
-    return json.loads(raw)
 
 
 def cluster(samples: Any, name: str, ns: str, labels: dict[str, str], **kw: Any) -> dict:
