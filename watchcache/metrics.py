@@ -20,13 +20,14 @@ if TYPE_CHECKING:
     from watchcache.cache.resource import CachedResource
     from watchcache.http.serving import ConnectionStats
     from watchcache.kube.resources import ResourceSpec
+    from watchcache.upstream.client import LineSink
 
 
 class Observed(Protocol):
     """What /metrics reads of the server."""
 
     cached: dict[ResourceSpec, CachedResource]
-    reflectors: list[Reflector]
+    reflectors: list[Reflector[LineSink]]
     renders: LRUCache[Any, Any]
     connections: ConnectionStats
 

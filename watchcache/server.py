@@ -20,6 +20,7 @@ from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, Settings
 from watchcache.http.base import (
     BadPathHandler,
+    BaseHandler,
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
@@ -33,7 +34,7 @@ from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, Request, Response, compose
 from watchcache.middleware.features import Feature, builtin_features
-from watchcache.upstream.client import Credentials, Upstream, load_credentials
+from watchcache.upstream.client import Credentials, LineSink, Upstream, load_credentials
 from watchcache.upstream.discovery import Discovery
 
 log = logging.getLogger("watchcache")
@@ -55,7 +56,7 @@ class Runtime:
         self.requests = RequestCounter()
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
         self.cached: dict[ResourceSpec, CachedResource] = {}
-        self.reflectors: list[Reflector] = []
+        self.reflectors: list[Reflector[LineSink]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._codec = ContinueCodec()
         # Rendered list bodies of every resource, in one byte budget for the server.
@@ -136,7 +137,8 @@ class Runtime:
 
 async def _dispatch(request: Request) -> Response:
     """The chain's innermost step: the handler the route chose does its own work."""
-    return await request.handler.run_endpoint(request)  # type: ignore[attr-defined]
+    handler: BaseHandler = request.handler  # type: ignore[attr-defined]
+    return await handler.run_endpoint(request)
 
 
 def routes(runtime: Runtime) -> list[Any]:

@@ -7,7 +7,7 @@ these few calls and the ``SourceError`` every transport failure is raised as.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class SourceError(Exception):
@@ -31,7 +31,11 @@ class StreamSink(Protocol):
     any_data: bool
 
 
-class Source(Protocol):
+# The sink a source makes (``line_sink``) and is handed back (``send``): its own kind.
+SinkT = TypeVar("SinkT", bound=StreamSink)
+
+
+class Source(Protocol[SinkT]):
     async def fetch(
         self, method: str, target: str, *, headers: Mapping[str, str] | None = None
     ) -> Page: ...
@@ -40,7 +44,7 @@ class Source(Protocol):
         self,
         method: str,
         target: str,
-        sink: StreamSink,
+        sink: SinkT,
         *,
         headers: Mapping[str, str] | None = None,
     ) -> None: ...
@@ -49,6 +53,6 @@ class Source(Protocol):
         self,
         on_line: Callable[[bytes], Awaitable[None] | None],
         on_head: Callable[[int], None] | None = None,
-    ) -> StreamSink:
+    ) -> SinkT:
         """A sink that hands each line of a streamed body (a watch event) to ``on_line``."""
         ...

@@ -21,14 +21,14 @@ import ctypes
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from watchcache.cache.listwatch import Source, SourceError, StreamSink
+from watchcache.cache.listwatch import SinkT, Source, SourceError, StreamSink
 from watchcache.cache.store import Entry
 from watchcache.kube.resources import ResourceSpec
 
@@ -88,13 +88,13 @@ class Backoff:
         return self._next * (1 + self.jitter * (self.rand() - 0.5) * 2)
 
 
-class Reflector:
+class Reflector(Generic[SinkT]):
     """Feeds ``sink`` from ``resource`` in ``namespace`` (None: all namespaces)."""
 
     def __init__(
         self,
         resource: ResourceSpec,
-        upstream: Source,
+        upstream: Source[SinkT],
         sink: Sink,
         *,
         namespace: str | None = None,
@@ -125,7 +125,7 @@ class Reflector:
         # Why the cache is known to be behind upstream (None: it is not, as far as known).
         self.behind: str | None = "listing"
         self._last_byte = time.monotonic()
-        self._sink: StreamSink | None = None
+        self._sink: SinkT | None = None
 
     @property
     def name(self) -> str:
@@ -250,7 +250,7 @@ class Reflector:
         if sink.code != 200:
             raise SourceError(f"WATCH {self.path}: HTTP {sink.code}: {sink.error_body[:300]!r}")
 
-    async def _until_silent(self, request: Any, sink: StreamSink) -> None:
+    async def _until_silent(self, request: Awaitable[None], sink: StreamSink) -> None:
         """Awaits ``request`` (the watch), ending it once ``sink`` has heard nothing for
         ``silence`` seconds: a stalled connection never ends by itself."""
         task = asyncio.ensure_future(request)

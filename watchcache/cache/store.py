@@ -357,31 +357,31 @@ class Store:
             e.key: e for e in (o if isinstance(o, Entry) else Entry.from_object(o) for o in objects)
         }
         in_scope = [k for k in self._items if feed is None or k.startswith(feed + "/")]
-        changes: list[tuple[Entry | None, Entry | None]] = []  # (new, prev); new None: gone
+        changes: list[tuple[Entry, Entry | None]] = []  # (new, prev)
         for key, entry in fresh.items():
             prev = self._items.get(key)
             if prev is None or prev.rv != entry.rv:
                 changes.append((entry, prev))
-        changes.sort(key=lambda c: c[0].rv)  # type: ignore[union-attr]
-        changes.extend((None, self._items[k]) for k in in_scope if k not in fresh)
+        changes.sort(key=lambda c: c[0].rv)
+        # Gone (none in an initial list: nothing of a feed is stored before its first list).
+        gone = [self._items[k] for k in in_scope if k not in fresh]
         self.initial_list = initial
         touched: set[str] = set()
         for entry, prev in changes:
-            if entry is None:
-                self._remove(prev)  # type: ignore[arg-type]
-                touched.add(prev.namespace)  # type: ignore[union-attr]
-            else:
-                self._put(entry, prev)
-                touched.add(entry.namespace)
+            self._put(entry, prev)
+            touched.add(entry.namespace)
             if initial:  # the initial state, notified object by object
                 self.generation += 1
-                self._notify(Event("ADDED", entry, None, entry.rv))  # type: ignore[arg-type]
+                self._notify(Event("ADDED", entry, None, entry.rv))
+        for prev in gone:
+            self._remove(prev)
+            touched.add(prev.namespace)
         self.initial_list = False
         if initial:
             self._ns_floor[feed] = rv
             self.changed_rv = max(self.changed_rv, rv)
             self.sync_rv = max(self.sync_rv, rv)
-        elif changes:
+        elif changes or gone:
             self.generation += 1
             self._changed(touched, rv)
             self._notify(Relisted(rv, frozenset(touched)))
@@ -390,7 +390,7 @@ class Store:
             self._unsynced.discard(feed)
             if not self._unsynced:
                 self._synced_event.set()
-        return len(changes)
+        return len(changes) + len(gone)
 
     def _changed(self, namespaces: Iterable[str], rv: int) -> None:
         self.changed_rv = max(self.changed_rv, rv)

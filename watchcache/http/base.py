@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import uuid
 from asyncio import Future
-from typing import TYPE_CHECKING, Any
+from http.client import responses
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlencode
 
 from tornado import httputil, web
@@ -19,6 +20,8 @@ from watchcache.kube.status import StatusError, method_not_allowed, not_found_pa
 from watchcache.middleware.core import Request, Response
 
 if TYPE_CHECKING:
+    from tornado.http1connection import HTTP1Connection
+
     from watchcache.http.context import Context
 
 log = logging.getLogger("watchcache.http")
@@ -82,7 +85,7 @@ class BaseHandler(web.RequestHandler):
             # Go's server answers 400 and closes; tornado would append a bare 400 of its own
             # to this answer, so the connection goes once the Status is out.
             self.send_status(StatusError(400, f"bad Content-Length {lengths[0][:40]!r}"))
-            self.request.connection.close()
+            cast("HTTP1Connection", self.request.connection).close()
             return
         req = self.request
         # ?timeout=, checked as the API server does ahead of everything (kube.requestinfo).
@@ -154,7 +157,7 @@ class BaseHandler(web.RequestHandler):
             raise
         self._emit(response)
 
-    get = head = post = put = patch = delete = options = _chained  # type: ignore[assignment]
+    get = head = post = put = patch = delete = options = _chained
 
     async def run_endpoint(self, request: Request) -> Response:
         """The innermost step of the chain: the handler's own work, its answer captured."""
@@ -204,7 +207,7 @@ class BaseHandler(web.RequestHandler):
             self.finish()
             return
         self.clear()
-        self.set_status(response.status, httputil.responses.get(response.status, "Unknown"))
+        self.set_status(response.status, responses.get(response.status, "Unknown"))
         self._headers = response.headers
         body = response.body
         if len(body) > SEPARATE_HEAD_ABOVE and self.request.method != "HEAD":

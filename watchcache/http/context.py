@@ -6,28 +6,29 @@ from __future__ import annotations
 from asyncio import Future
 from typing import TYPE_CHECKING, Any, Protocol
 
+from watchcache.metrics import Observed, RequestCounter
+
 if TYPE_CHECKING:
     from tornado.httputil import HTTPServerRequest
+    from tornado.iostream import IOStream
 
     from watchcache.cache.hub import Watcher
-    from watchcache.cache.reflector import Reflector
     from watchcache.cache.resource import CachedResource
     from watchcache.config import Settings
-    from watchcache.metrics import RequestCounter
     from watchcache.middleware.core import Next
     from watchcache.upstream.client import Upstream
     from watchcache.upstream.discovery import Discovery
     from watchcache.upstream.retry import RetryPolicy
 
 
-class Context(Protocol):
-    """The collaborators every handler shares, created once per server."""
+class Context(Observed, Protocol):
+    """The collaborators every handler shares, created once per server (and what /metrics
+    reads of it)."""
 
     settings: Settings
     upstream: Upstream
     retry: RetryPolicy
     requests: RequestCounter
-    reflectors: list[Reflector]
     discovery: Discovery
     chain: Next
 
@@ -46,6 +47,10 @@ class ReadHandler(Protocol):
     watcher: Watcher | None
     _finished: bool
 
+    def clear(self) -> None: ...
+
+    def set_status(self, status_code: int, reason: str | None = None) -> None: ...
+
     def set_header(self, name: str, value: Any) -> None: ...
 
     def write(self, chunk: Any) -> None: ...
@@ -53,6 +58,8 @@ class ReadHandler(Protocol):
     def flush(self, include_footers: bool = False) -> Future[None]: ...
 
     def finish(self, chunk: Any = None) -> Future[None]: ...
+
+    def detach(self) -> IOStream: ...
 
     async def _forward(self) -> None: ...
 

@@ -198,14 +198,16 @@ class NamespaceHandler(PassThroughHandler):
         await self.forward()
 
 
-def discovery_routes(runtime: Context, specs: list[ResourceSpec]) -> list[tuple[str, type, dict]]:
+def discovery_routes(
+    runtime: Context, specs: list[ResourceSpec]
+) -> list[tuple[str, type, dict[str, object]]]:
     """The discovery paths: /version, /api, /apis, each served group and group version, and
     OpenAPI. Paths of groups watchcache does not serve stay 404."""
 
     def args(kind: Kind) -> dict[str, object]:
         return {"runtime": runtime, "kind": kind}
 
-    table: list[tuple[str, type, dict]] = [
+    table: list[tuple[str, type, dict[str, object]]] = [
         (r"/version/?", DiscoveryHandler, args("version")),
         (r"/api/?", DiscoveryHandler, args("discovery")),
         (r"/api/v1/?", DiscoveryHandler, args("discovery")),  # CORE_V1, at least

@@ -23,6 +23,8 @@ import gzip
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http.client import responses
+from typing import TYPE_CHECKING, cast
 
 from tornado import httputil, iostream, web
 
@@ -30,6 +32,9 @@ from watchcache.http.base import BaseHandler
 from watchcache.kube.status import StatusError
 from watchcache.upstream.client import UpstreamError
 from watchcache.upstream.retry import INSPECT_LIMIT, INSPECTED, may_duplicate, request_deadline
+
+if TYPE_CHECKING:
+    from tornado.http1connection import HTTP1Connection
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ class _Relay:
 
     def send_head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
         h = self.handler
-        h.set_status(code, reason or httputil.responses.get(code, "Unknown"))
+        h.set_status(code, reason or responses.get(code, "Unknown"))
         h.clear_header("Content-Type")
         h.clear_header("Cache-Control")  # the upstream's own, if any, is relayed below
         for name, value in headers.get_all():
@@ -299,7 +304,7 @@ class PassThroughHandler(BaseHandler):
                     # The client has the head and part of the body. Ending the answer
                     # cleanly would pass a truncated one off as whole: break it off too.
                     log.warning("%s %s: answer broke off: %s", method, self.request.path, exc)
-                    self.request.connection.close()
+                    cast("HTTP1Connection", self.request.connection).close()
                     return
                 relay.broke()
                 if relay.retry_wait is None:  # else a retried answer broke off: no matter

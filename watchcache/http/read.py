@@ -23,10 +23,11 @@ import logging
 import time
 from array import array
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from watchcache.cache.hub import TooOld
+from watchcache.cache.hub import TooOld, Watcher
 from watchcache.cache.resource import CachedResource, Rendered, RenderKey
 from watchcache.cache.store import Entry, Key, Snapshot, key_range, matches
 from watchcache.http.proxy import PassThroughHandler
@@ -44,6 +45,9 @@ from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, not_found, too_many_requests
 from watchcache.kube.validation import check_read_target
 from watchcache.kube.wire import go_escape, go_indent, list_body
+
+if TYPE_CHECKING:
+    from watchcache.http.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,7 @@ class ResourceHandler(PassThroughHandler):
 
     table: TableRequest | None = None  # set per read: the Table it asked for, if any
 
-    def initialize(self, runtime, resource: CachedResource) -> None:  # type: ignore[override]
+    def initialize(self, runtime: Context, resource: CachedResource) -> None:  # type: ignore[override]
         super().initialize(runtime)
         self.resource = resource
         self.resource_spec = resource.spec
@@ -93,7 +97,7 @@ class ResourceHandler(PassThroughHandler):
             await super().endpoint(*args, **kwargs)
 
     def prepare(self) -> None:
-        self.watcher = None
+        self.watcher: Watcher | None = None
         super().prepare()
 
     def on_connection_close(self) -> None:
@@ -427,7 +431,7 @@ class ResourceHandler(PassThroughHandler):
         self.finish(body)
 
 
-def _target(obj: dict, deleting: bool) -> tuple[str, str, int | None]:
+def _target(obj: dict[str, Any], deleting: bool) -> tuple[str, str, int | None]:
     """(namespace, name, version the cache must reach) of a written object; version None
     when the object must be gone: deleted outright, the answer carries its last state."""
     meta = obj.get("metadata") or {}

@@ -25,12 +25,14 @@ import asyncio
 import contextlib
 import copy
 import errno
+import functools
 import logging
 import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
+from http.client import responses
 from typing import Any
 
 from tornado import httputil, iostream
@@ -58,7 +60,7 @@ def raw_answer(err: StatusError, *, close: bool = True) -> bytes:
     """A whole HTTP/1.1 answer carrying ``err`` as a Status, for the paths outside tornado's
     handlers (refused connections, unparsable requests)."""
     body = err.body()
-    reason = httputil.responses.get(err.code, "Unknown")
+    reason = responses.get(err.code, "Unknown")
     head = [
         f"HTTP/1.1 {err.code} {reason}",
         "Content-Type: application/json",
@@ -154,7 +156,8 @@ class _Stream(iostream.IOStream):
 
     def close_fd(self) -> None:
         if self._refuse_headers and self.socket is not None:
-            sock, self.socket = self.socket, None
+            # Annotated a socket, but tornado's own close_fd sets it to None as well.
+            sock, self.socket = self.socket, None  # type: ignore[assignment]
             if self.reading_headers:
                 err = headers_too_large(self.server.limits.max_header_bytes)
                 self.server.stats.header_refusals += 1
@@ -237,8 +240,12 @@ class BoundedHTTPServer(HTTPServer):
             sock.setblocking(False)
             fd = sock.fileno()
             self._sockets[fd] = sock
-            loop.add_handler(fd, lambda _fd, _ev, s=sock: self._accept(s), IOLoop.READ)
-            self._handlers[fd] = lambda fd=fd: self._unwatch(fd)
+
+            def on_readable(_fd: int, _events: int, s: socket.socket = sock) -> None:
+                self._accept(s)
+
+            loop.add_handler(fd, on_readable, IOLoop.READ)
+            self._handlers[fd] = functools.partial(self._unwatch, fd)
 
     def _unwatch(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -308,7 +315,7 @@ class BoundedHTTPServer(HTTPServer):
         conn.close()
 
     # ---- connections ---------------------------------------------------------------------
-    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
         # Parameters of its own: its header timeout changes after its first request.
         conn = HTTP1ServerConnection(stream, copy.copy(self.conn_params), context)

@@ -223,7 +223,7 @@ class _BodyWriter:
         done = self.stream.write(self._framed(frame))
         done.add_done_callback(_ignore_closed)
         if not done.done():
-            self.pending = done  # type: ignore[assignment]
+            self.pending = done
             self.watcher.poke()  # type: ignore[union-attr]
         return True
 
@@ -247,7 +247,10 @@ def _ignore_closed(future: object) -> None:
 
 
 async def _stream(
-    writer: _BodyWriter, resource: CachedResource, watcher: Watcher, opts: ListOptions
+    writer: _BodyWriter | WebSocketWatch,
+    resource: CachedResource,
+    watcher: Watcher,
+    opts: ListOptions,
 ) -> None:
     store = resource.store
     now = time.monotonic

@@ -22,7 +22,7 @@ import base64
 import contextlib
 import hashlib
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tornado import iostream, web
 
@@ -37,7 +37,7 @@ _ORIGIN = re.compile(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)[^\x00-\x20\x7f]*$")
 MAX_CLIENT_FRAME = 1 << 20  # what a client may send in one frame (it should send nothing)
 
 
-def is_websocket(handler: web.RequestHandler) -> bool:
+def is_websocket(handler: ReadHandler) -> bool:
     """wsstream.IsWebSocketRequest."""
     headers = handler.request.headers
     upgrade = headers.get("Upgrade", "").lower() == "websocket"
@@ -107,7 +107,7 @@ class WebSocketWatch:
             h.set_header("Sec-WebSocket-Protocol", self.protocol)
         # tornado's own finish (not the middleware's capture), and the stream is ours before
         # tornado's loop can read from it again: no await in between.
-        web.RequestHandler.finish(h)
+        web.RequestHandler.finish(cast(web.RequestHandler, h))  # h is a RequestHandler
         self.stream = h.detach()
         self.watcher = watcher
         if watcher is not None:

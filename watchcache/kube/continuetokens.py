@@ -82,7 +82,7 @@ def decode_continue(token: str) -> ContinueToken:
 # encoding/json, as far as a continue token needs it: its syntax errors, then its type errors.
 
 
-class _Object(list):  # a JSON object's (key, value) pairs, in order
+class _Object(list[tuple[str, Any]]):  # a JSON object's (key, value) pairs, in order
     __slots__ = ()
 
 

@@ -535,7 +535,7 @@ def _go_json_float(number: float) -> str | None:
     return ("-" if sign else "") + text
 
 
-def lookup_path(obj: Mapping, path: str) -> str | None:
+def lookup_path(obj: Mapping[str, object], path: str) -> str | None:
     """Walks a dotted path ('status.state', 'spec.suspend', 'metadata.labels.app' ... plain dot
     segments) in a decoded JSON object and returns scalar_to_field_string of the leaf, or None."""
     node: object = obj

@@ -9,6 +9,7 @@ business (negotiation.wants_pretty).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
@@ -91,7 +92,7 @@ def is_custom(spec: ResourceSpec) -> bool:
 
 
 def list_body(
-    spec: ResourceSpec, entries: list[Entry], rv: int, token: str | None, remaining: int | None
+    spec: ResourceSpec, entries: Sequence[Entry], rv: int, token: str | None, remaining: int | None
 ) -> bytes:
     """A list as the API server encodes it, final newline included. A custom resource's list
     is unstructured: keys sorted, and ``metadata.continue`` always there ("" on the last

@@ -15,9 +15,9 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -151,13 +151,16 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
     """Kubeconfig (``--kubeconfig``/``$KUBECONFIG``/~/.kube/config) or, failing that, in-cluster."""
     from kubernetes import client, config
 
+    # The kubernetes client's functions carry no annotations.
+    load_kube_config = cast("Callable[..., None]", config.load_kube_config)
+    load_incluster_config = cast("Callable[..., None]", config.load_incluster_config)
     cfg = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
     except config.ConfigException:
         if kubeconfig or context:
             raise
-        config.load_incluster_config(client_configuration=cfg)
+        load_incluster_config(client_configuration=cfg)
 
     ctx: ssl.SSLContext | None = None
     if cfg.host.startswith("https"):
@@ -245,9 +248,7 @@ class Upstream:
             stream.close()
         self._idle.clear()
 
-    def _headers(
-        self, headers: httputil.HTTPHeaders | dict[str, str] | None
-    ) -> httputil.HTTPHeaders:
+    def _headers(self, headers: Mapping[str, str] | None) -> httputil.HTTPHeaders:
         out = httputil.HTTPHeaders()
         if headers:
             for name, value in headers.items():
@@ -266,7 +267,7 @@ class Upstream:
         target: str,
         sink: ResponseSink,
         *,
-        headers: httputil.HTTPHeaders | dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         body: Body = None,
         stream: iostream.IOStream | None = None,
         replay: bool = True,
@@ -311,7 +312,7 @@ class Upstream:
         stream: iostream.IOStream,
         method: str,
         target: str,
-        headers: httputil.HTTPHeaders | dict[str, str] | None,
+        headers: Mapping[str, str] | None,
         body: Body,
         delegate: _Delegate,
     ) -> None:
@@ -357,7 +358,7 @@ class Upstream:
         method: str,
         target: str,
         *,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
         body: bytes | None = None,
     ) -> Response:
         """A whole response; for small internal calls (discovery, CRDs), not for proxying."""

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 import orjson
@@ -34,6 +34,7 @@ from watchcache.kube.wire import go_escape
 from watchcache.upstream.client import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 GVKey = tuple[str, str]  # (group, version); group "" is the core group
 
@@ -273,14 +274,15 @@ class Discovery:
         self._cache: TTLCache[object, Any] = TTLCache(maxsize=128, ttl=ttl, timer=clock)
         self._pending: dict[object, asyncio.Future[Any]] = {}
 
-    async def _once(self, key: object, make: Callable[[], Awaitable[Any]]) -> Any:
+    async def _once(self, key: object, make: Callable[[], Awaitable[_T]]) -> _T:
         """The cached value for ``key``, or the one fetch every concurrent caller waits on."""
+        # One cache for values of several types: a key's value is what its ``make`` makes.
         if key in self._cache:
-            return self._cache[key]
-        pending = self._pending.get(key)
+            return cast(_T, self._cache[key])
+        pending = cast("asyncio.Future[_T] | None", self._pending.get(key))
         if pending is None:
 
-            async def fill() -> Any:
+            async def fill() -> _T:
                 value = await make()
                 if not isinstance(value, Document) or value.code < 400:
                     self._cache[key] = value
