@@ -8,15 +8,14 @@ the initial events (several MB of large objects) if watchcache let it.
 from __future__ import annotations
 
 import re
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import pytest
 from support import population
 from support.controlplane import ControlPlane
+from support.sockets import open_unread_watch
 
 from .conftest import assert_healthy, rss_of
 
@@ -38,22 +37,6 @@ def big_objects(controlplane: ControlPlane) -> Iterator[None]:
         population.create(controlplane.request, obj)
     yield
     population.delete_all(controlplane.request, (NS,))
-
-
-def open_unread_watch(base: str, path: str) -> socket.socket:
-    """Sends a watch request and reads its head byte by byte; the body is never read."""
-    url = urlsplit(base)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((url.hostname, url.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
 
 
 def metric(proxy: Proxy, name: str) -> float:

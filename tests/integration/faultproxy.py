@@ -27,8 +27,10 @@ import socket
 import ssl
 import struct
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 MAX_BODY = 8 * 1024 * 1024
@@ -412,3 +414,21 @@ def _status_response(code: int, retry_after: str | None) -> bytes:
     if retry_after is not None:
         lines.append(f"Retry-After: {retry_after}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def behind(
+    faults: FaultProxy,
+    controlplane: Any,
+    proxy_factory: Callable[..., Any],
+    tmp: Path,
+    *flags: str,
+) -> Iterator[Any]:
+    """A watchcache whose kubeconfig points at the fault proxy (HTTPS, kube's CA), stopped
+    before the fault proxy is."""
+    kubeconfig = controlplane.write_kubeconfig(
+        tmp / "behind-faults.kubeconfig", controlplane.admin, server=faults.base
+    )
+    proxy = proxy_factory("--kubeconfig", str(kubeconfig), *flags)
+    yield proxy
+    proxy.proc.terminate()
+    proxy.proc.wait(15)

@@ -14,13 +14,12 @@ import gzip
 import http.client
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import pytest
 from differential import wait_until
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, behind
 from support import population
 from support.controlplane import ControlPlane
 from watchclient import WatchStream
@@ -51,23 +50,6 @@ def _clean_faults(faults: FaultProxy) -> Iterator[None]:
     faults.reset()
 
 
-def _behind(
-    faults: FaultProxy,
-    controlplane: ControlPlane,
-    proxy_factory: Callable[..., Proxy],
-    tmp: Path,
-    *flags: str,
-) -> Iterator[Proxy]:
-    """A watchcache whose kubeconfig points at the fault proxy, stopped before it is."""
-    kubeconfig = controlplane.write_kubeconfig(
-        tmp / "behind-faults.kubeconfig", controlplane.admin, server=faults.base
-    )
-    proxy = proxy_factory("--kubeconfig", str(kubeconfig), *flags)
-    yield proxy
-    proxy.proc.terminate()
-    proxy.proc.wait(15)
-
-
 @pytest.fixture(scope="module")
 def cached_behind(
     faults: FaultProxy,
@@ -75,7 +57,7 @@ def cached_behind(
     proxy_factory: Callable[..., Proxy],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
-    yield from _behind(faults, controlplane, proxy_factory, tmp_path_factory.mktemp("cached"))
+    yield from behind(faults, controlplane, proxy_factory, tmp_path_factory.mktemp("cached"))
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +68,7 @@ def passthrough_behind(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     tmp = tmp_path_factory.mktemp("passthrough")
-    yield from _behind(faults, controlplane, proxy_factory, tmp, "--no-cache")
+    yield from behind(faults, controlplane, proxy_factory, tmp, "--no-cache")
 
 
 def cluster(cp: ControlPlane, name: str, **labels: str) -> dict[str, Any]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from differential import kube, proxy, wait_for_same_state, wait_until
-from faultproxy import FaultProxy, serving_context
+from faultproxy import FaultProxy, behind, serving_context
 from support import population
 from support.controlplane import ControlPlane
 
@@ -60,23 +59,6 @@ def stalling(controlplane: ControlPlane, namespace: str) -> Iterator[FaultProxy]
     yield from _fault_proxy(controlplane)
 
 
-def _behind(
-    faults: FaultProxy,
-    controlplane: ControlPlane,
-    proxy_factory: Callable[..., Proxy],
-    tmp: Path,
-    *flags: str,
-) -> Iterator[Proxy]:
-    """A watchcache whose kubeconfig points at the fault proxy (HTTPS, kube's CA)."""
-    kubeconfig = controlplane.write_kubeconfig(
-        tmp / "behind-faults.kubeconfig", controlplane.admin, server=faults.base
-    )
-    started = proxy_factory("--kubeconfig", str(kubeconfig), *flags)
-    yield started
-    started.proc.terminate()
-    started.proc.wait(15)
-
-
 @pytest.fixture(scope="module")
 def watching(
     stalling: FaultProxy,
@@ -86,7 +68,7 @@ def watching(
 ) -> Iterator[Proxy]:
     """watchcache with a short silence bound."""
     tmp = tmp_path_factory.mktemp("silence")
-    yield from _behind(
+    yield from behind(
         stalling, controlplane, proxy_factory, tmp, "--upstream-watch-silence", str(SILENCE)
     )
 
@@ -99,7 +81,7 @@ def cached_behind(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Proxy]:
     """watchcache with the default silence bound."""
-    yield from _behind(faults, controlplane, proxy_factory, tmp_path_factory.mktemp("default"))
+    yield from behind(faults, controlplane, proxy_factory, tmp_path_factory.mktemp("default"))
 
 
 def seed(cp: ControlPlane, name: str, **labels: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
 from support import population
 from support.controlplane import ControlPlane
+from support.sockets import open_unread_watch
 from watchclient import (
     WatchStream,
     assert_bookmarks_monotonic,
@@ -280,22 +281,6 @@ def read_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any
     return json.loads(line)
 
 
-def open_stalled_watch(base: str, path: str) -> socket.socket:
-    """A watch read up to its headers and then never again, through a tiny receive window."""
-    url = urllib.parse.urlsplit(base)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect((url.hostname, url.port))
-    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1)  # byte by byte: nothing of the body is taken
-        assert chunk, head
-        head += chunk
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return sock
-
-
 def drain_to_eof(sock: socket.socket, timeout: float) -> bytes:
     deadline = time.monotonic() + timeout
     data = b""
@@ -329,7 +314,7 @@ def test_thousand_watchers_get_every_event_in_order_and_a_stalled_one_is_ended(
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     # The stalled watcher sees every namespace: the fan-out's events and a burst of its own.
-    stalled = open_stalled_watch(proxy.base, watch_path(None, query))
+    stalled = open_unread_watch(proxy.base, watch_path(None, query))
     try:
         connected = read_json_line(client, 120)
         assert connected["connected"] == WATCHERS, connected
