@@ -11,7 +11,6 @@ otherwise, as the API server does), and 406 for an OpenAPI format watchcache doe
 from __future__ import annotations
 
 import contextlib
-import gzip
 import re
 import time
 from email.utils import formatdate
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import orjson
 
 from watchcache.http.base import BaseHandler, decoded_query
+from watchcache.http.conditional import encoded, etag_matches
 from watchcache.http.proxy import PassThroughHandler
 from watchcache.kube.negotiation import (
     accepts_json,
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from watchcache.http.context import Context
     from watchcache.kube.resources import ResourceSpec
 
-GZIP_THRESHOLD = 128 * 1024
 Kind = Literal["version", "discovery", "openapi/v2", "openapi/v3", "openapi/v3/gv"]
 
 
@@ -121,19 +120,27 @@ class DiscoveryHandler(BaseHandler):
         for name, value in doc.headers.items():
             self.set_header(name, value)
         etag = doc.etag
-        if etag and doc.code == 200 and self._matches(etag):
+        if (
+            etag
+            and doc.code == 200
+            and etag_matches(self.request.headers.get("If-None-Match"), etag)
+        ):
             self.set_status(304)
             self.clear_header("Content-Type")
             self.finish()
             return
         body, kept = self._rendered(doc)
-        if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
-            if not kept:
-                body = gzip.compress(body, compresslevel=1)
-            else:
-                if doc.gzipped is None:
-                    doc.gzipped = gzip.compress(body, compresslevel=1)
-                body = doc.gzipped
+
+        def keep(zipped: bytes) -> None:
+            doc.gzipped = zipped
+
+        body, zipped = encoded(
+            body,
+            self.request.headers.get("Accept-Encoding"),
+            kept=doc.gzipped if kept else None,
+            keep=keep if kept else None,
+        )
+        if zipped:
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
@@ -164,12 +171,6 @@ class DiscoveryHandler(BaseHandler):
         except (AttributeError, OSError, TypeError, ValueError):
             return None
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def _matches(self, etag: str) -> bool:
-        tags = self.request.headers.get("If-None-Match")
-        return bool(tags) and (
-            tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))  # type: ignore[union-attr]
-        )
 
 
 class RootPathsHandler(BaseHandler):

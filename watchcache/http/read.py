@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import gzip
 import hashlib
 import logging
 import time
@@ -30,6 +29,7 @@ import orjson
 from watchcache.cache.hub import TooOld, Watcher
 from watchcache.cache.resource import CachedResource, Rendered, RenderKey
 from watchcache.cache.store import Entry, Key, Snapshot, key_range, matches
+from watchcache.http.conditional import encoded, etag_matches
 from watchcache.http.proxy import PassThroughHandler
 from watchcache.http.table import FORWARD, TableRequest, list_meta, send_table, table_for
 from watchcache.http.watch import serve_watch
@@ -51,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Kubernetes compresses responses larger than this when the client accepts gzip.
-GZIP_THRESHOLD = 128 * 1024
 ALLOWED_FIELDS = frozenset({"metadata.name", "metadata.namespace"})
 # The query parameters that shape a list body; the render cache keys on them alone, so that
 # junk parameters cannot fill it with copies.
@@ -399,8 +397,7 @@ class ResourceHandler(PassThroughHandler):
         return etag[:-1] + '-pretty"' if self._pretty() else etag
 
     def _not_modified(self, etag: str) -> bool:
-        tags = self.request.headers.get("If-None-Match")
-        if tags and (tags.strip() == "*" or etag in (t.strip() for t in tags.split(","))):
+        if etag_matches(self.request.headers.get("If-None-Match"), etag):
             self.set_status(304)
             self.finish()
             return True
@@ -416,16 +413,21 @@ class ResourceHandler(PassThroughHandler):
         if self._pretty():
             body, rendered, key = go_indent(body), None, None
         self.set_header("Content-Type", "application/json")
-        if len(body) > GZIP_THRESHOLD and "gzip" in self.request.headers.get("Accept-Encoding", ""):
-            if rendered is not None and rendered.gzipped is not None:
-                body = rendered.gzipped
-            else:
-                body = gzip.compress(body, compresslevel=1)
-                if rendered is not None:
-                    rendered.gzipped = body
-                    renders = self.resource.renders
-                    if key is not None and renders.get(key) is rendered:
-                        renders[key] = rendered  # counted again, with its gzip form
+
+        def keep(zipped: bytes) -> None:
+            assert rendered is not None
+            rendered.gzipped = zipped
+            renders = self.resource.renders
+            if key is not None and renders.get(key) is rendered:
+                renders[key] = rendered  # counted again, with its gzip form
+
+        body, zipped = encoded(
+            body,
+            self.request.headers.get("Accept-Encoding"),
+            kept=rendered.gzipped if rendered is not None else None,
+            keep=keep if rendered is not None else None,
+        )
+        if zipped:
             self.set_header("Content-Encoding", "gzip")
             self.add_header("Vary", "Accept-Encoding")
         self.finish(body)
