@@ -146,7 +146,12 @@ def test_a_stalled_watch_is_restarted_readyz_fails_while_behind_and_the_cache_en
         timeout=SILENCE * 5,
         what="the stalled watch to be ended for its silence",
     )
-    assert stalling.attempts("GET", WATCHED) > watches_before
+    # The new watch follows the end at once, but asynchronously: wait for it, bounded.
+    wait_until(
+        lambda: stalling.attempts("GET", WATCHED) > watches_before,
+        timeout=SILENCE * 5,
+        what="another watch to be asked for",
+    )
     # The cache is behind, and says so: /readyz fails, the metrics show it.
     behind = b"rayclusters.ray.io (all namespaces) behind: restarted after silence"
     wait_until(
