@@ -1,6 +1,7 @@
 """The differential judge: one request to watchcache and to kube-apiserver, answers compared.
 
-What must match, request for request (DESIGN.md, "The contract with clients"):
+What must match, request for request (the README, "What it serves", says what watchcache
+answers as kube-apiserver does):
 
 - the status code; for errors, a ``kind: Status`` body with the same ``reason``, ``code`` and
   the same causes (reason, field) where Kubernetes gives them (client-go reads the cause

@@ -147,8 +147,9 @@ BAD_FIELD_SELECTORS = (
     "metadata.name=x,=rc-03",
 )
 # Field labels kube-apiserver refuses on custom resources (400 "field label not supported")
-# and the cache serves, as DESIGN.md extends them to any scalar path: the one place where the
-# two are meant to differ. Each with a kube request giving the same items, where one exists.
+# and the cache serves, since it extends field selectors to any scalar path (README, "What
+# it serves"): the one place where the two are meant to differ. Each with a kube request
+# giving the same items, where one exists.
 EXTENDED_FIELD_LABELS: dict[str, str | None] = {
     "status.state=ready": None,
     "spec.suspend=true": None,
