@@ -17,6 +17,10 @@ from watchcache.upstream.retry import RetryPolicy
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
 
 
+# Flag defaults are the Settings defaults: one place for each number.
+DEFAULTS = Settings()
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
@@ -60,42 +64,42 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream-timeout",
         type=float,
-        default=60.0,
+        default=DEFAULTS.upstream_timeout,
         metavar="SECONDS",
         help="how long the API server may take to start answering a request",
     )
     parser.add_argument(
         "--render-cache-bytes",
         type=int,
-        default=128 << 20,
+        default=DEFAULTS.render_cache_bytes,
         metavar="BYTES",
         help="rendered list bodies kept for reuse, gzip forms included, all resources together",
     )
     parser.add_argument(
         "--watch-stall-timeout",
         type=float,
-        default=30.0,
+        default=DEFAULTS.watch_stall_timeout,
         metavar="SECONDS",
         help="a watch client that has not read what was sent to it for this long is cut off",
     )
     parser.add_argument(
         "--watch-history-seconds",
         type=float,
-        default=300.0,
+        default=DEFAULTS.watch_history_seconds,
         metavar="SECONDS",
         help="how long recent events are kept for watches to resume from",
     )
     parser.add_argument(
         "--watch-history-events",
         type=int,
-        default=10_000,
+        default=DEFAULTS.watch_history_events,
         metavar="N",
         help="how many recent events per resource are kept for watches to resume from",
     )
     parser.add_argument(
         "--upstream-watch-silence",
         type=float,
-        default=130.0,
+        default=DEFAULTS.upstream_watch_silence,
         metavar="SECONDS",
         help="restart an upstream watch that sent nothing (not even a bookmark) this long",
     )
