@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from watchcache.cache.hub import TooOld, Watcher
+from watchcache.cache.hub import Watcher
 from watchcache.cache.resource import CachedResource, Rendered, RenderKey
 from watchcache.cache.store import Entry, Key, Snapshot, key_range, matches
 from watchcache.http.conditional import encoded, etag_matches
@@ -297,17 +297,14 @@ class ResourceHandler(PassThroughHandler):
         return store.snapshot(as_rv=changed if changed <= store.rv else None)
 
     def _state_at(self, rv: int) -> Snapshot | None:
-        """The items exactly at ``rv``: a retained snapshot, or the current state when the
-        history shows nothing changed since ``rv``."""
-        store, hub = self.resource.store, self.resource.hub
+        """The items exactly at ``rv``: a retained snapshot, or the current state when
+        nothing in the store changed after ``rv`` (the caller has waited for the store to
+        reach ``rv``)."""
+        store = self.resource.store
         snap = store.retained(rv)
         if snap is not None:
             return snap
-        try:
-            changed = bool(hub.since(rv))
-        except TooOld:
-            return None
-        return None if changed else store.snapshot(as_rv=rv)
+        return store.snapshot(as_rv=rv) if store.changed_at(None) <= rv else None
 
     def _send_page(
         self,
