@@ -252,21 +252,32 @@ def main(argv: Sequence[str] | None = None) -> None:
 LAUNCHER = Path(__file__).resolve().parents[1] / "deploy" / "controlplane" / "launcher.py"
 
 
-def _launcher() -> Any:
-    """The local control plane's launcher, from the checkout this package runs from; it is
-    a dev tool and not in the wheel."""
+def load_launcher() -> Any:
+    """The local control plane's launcher, loaded once from the checkout this package runs
+    from (a dev tool, not in the wheel); FileNotFoundError outside a checkout. The tests and
+    benchmarks load it through this too."""
+    name = "watchcache_launcher"
+    if name in sys.modules:
+        return sys.modules[name]
     if not LAUNCHER.is_file():
+        raise FileNotFoundError(LAUNCHER)
+    spec = importlib.util.spec_from_file_location(name, LAUNCHER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+def _launcher() -> Any:
+    try:
+        return load_launcher()
+    except FileNotFoundError:
         sys.exit(
             "watchcache dev needs a checkout of the watchcache repository (it builds a local"
             f" control plane with {LAUNCHER.parent}/build.sh); against a cluster, use"
             " `watchcache serve --kubeconfig FILE`"
         )
-    spec = importlib.util.spec_from_file_location("watchcache_launcher", LAUNCHER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def dev(args: argparse.Namespace) -> None:
