@@ -335,7 +335,7 @@ class Store:
             self._put(entry, prev)
             event = Event("ADDED" if prev is None else "MODIFIED", entry, prev, entry.rv)
         self.generation += 1
-        self._changed({entry.namespace}, entry.rv)
+        self._changed((entry.namespace,), entry.rv)
         self._notify(event)
         self._advance(feed, entry.rv)
 
