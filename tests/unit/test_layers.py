@@ -57,6 +57,20 @@ def test_cache_imports_no_http_middleware_or_upstream_code(name: str) -> None:
     assert {m for m in GRAPH[name] if layer(m) in ("http", "middleware", "upstream")} == set()
 
 
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if layer(n) == "auth"))
+def test_auth_imports_no_http_middleware_or_cache_code(name: str) -> None:
+    # Authentication and authorization decide from a request's attributes; they never
+    # reach into how requests are served.
+    assert {m for m in GRAPH[name] if layer(m) in ("http", "middleware", "cache")} == set()
+
+
+@pytest.mark.parametrize(
+    "name", sorted(n for n in GRAPH if layer(n) in ("kube", "cache", "upstream"))
+)
+def test_lower_layers_do_not_import_auth(name: str) -> None:
+    assert {m for m in GRAPH[name] if layer(m) == "auth"} == set()
+
+
 def test_nothing_imports_the_server_wiring_but_the_cli() -> None:
     # The package root re-exports Server: it is the library's public face, not a layer.
     importers = {n for n, deps in GRAPH.items() if "watchcache.server" in deps}

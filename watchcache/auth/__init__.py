@@ -1,0 +1,2 @@
+"""Who is asking (authentication) and what they may do (authorization), decided as
+kube-apiserver decides."""
