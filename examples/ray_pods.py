@@ -1,7 +1,8 @@
 """A feature of its own: cache the Pods of Ray clusters and serve their names on /ray/pods.
 
-It declares what it needs (a cached resource, a middleware built from the server's
-context) as the built-in KubeRay features do, and runs next to them.
+It declares what it needs (a cached resource, an endpoint of its own built from the
+server's context) as the built-in KubeRay features do, and runs next to them. The endpoint
+runs inside the middleware chain like every other: CORS and authentication apply to it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 
 from watchcache import ResourceSpec, Server, Settings
-from watchcache.middleware import Middleware, Next, Request, Response
+from watchcache.middleware import Endpoint, Request, Response
 from watchcache.middleware.features import Feature, FeatureContext, builtin_features
 
 # Only Pods that KubeRay labels as part of a cluster; cached, not served as a resource.
@@ -21,22 +23,20 @@ PODS = ResourceSpec(
 )
 
 
-def ray_pods(ctx: FeatureContext) -> Middleware:
+def ray_pods(ctx: FeatureContext) -> Sequence[tuple[str, Endpoint]]:
     pods = ctx.store(PODS)  # kept current by its own watch
 
-    async def middleware(request: Request, call_next: Next) -> Response:
-        if request.method == "GET" and request.path == "/ray/pods":  # a route of its own
-            by_cluster: dict[str, list[str]] = {}
-            for entry in pods.entries():
-                by_cluster.setdefault(entry.labels["ray.io/cluster"], []).append(entry.name)
-            return Response.json({"clusters": by_cluster})
-        return await call_next(request)
+    async def clusters(request: Request) -> Response:
+        by_cluster: dict[str, list[str]] = {}
+        for entry in pods.entries():
+            by_cluster.setdefault(entry.labels["ray.io/cluster"], []).append(entry.name)
+        return Response.json({"clusters": by_cluster})
 
-    return middleware
+    return [(r"/ray/pods", clusters)]
 
 
 async def serve(settings: Settings) -> None:
-    mine = Feature(name="ray-pods", resources=(PODS,), middleware=ray_pods)
+    mine = Feature(name="ray-pods", resources=(PODS,), endpoints=ray_pods)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

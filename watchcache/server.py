@@ -18,21 +18,15 @@ from watchcache.cache.resource import CachedResource, render_cache
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, Settings
-from watchcache.http.base import (
-    BadPathHandler,
-    BaseHandler,
-    HealthHandler,
-    MetricsHandler,
-    NotFoundHandler,
-    ReadyHandler,
-)
+from watchcache.http.adapter import Adapter, Route, Served, routed
 from watchcache.http.discovery import discovery_routes
-from watchcache.http.proxy import PassThroughHandler
-from watchcache.http.read import ResourceHandler, list_path_args
+from watchcache.http.health import BAD_PATH, NOT_FOUND, health_routes
+from watchcache.http.proxy import Forward, PassThrough
+from watchcache.http.read import ResourceEndpoint, resource_routes
 from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter
-from watchcache.middleware.core import Middleware, Next, Request, Response, compose
+from watchcache.middleware.core import Middleware, Next, compose
 from watchcache.middleware.features import Feature, builtin_features
 from watchcache.upstream.client import Credentials, LineSink, Upstream, load_credentials
 from watchcache.upstream.discovery import Discovery
@@ -73,7 +67,7 @@ class Runtime:
         self.discovery = Discovery(upstream, [*settings.resources, *extra])
         built = [f.middleware(self) for f in self.features if f.middleware is not None]
         self.middleware: list[Middleware] = [*built, *middleware]
-        self.chain: Next = compose(self.middleware, _dispatch)
+        self.chain: Next = compose(self.middleware)
 
     def _cache(self, spec: ResourceSpec) -> CachedResource:
         """A Store for ``spec``, fed by one Reflector per namespace (or one for all)."""
@@ -135,41 +129,37 @@ class Runtime:
         ]
 
 
-async def _dispatch(request: Request) -> Response:
-    """The chain's innermost step: the handler the route chose does its own work."""
-    handler: BaseHandler = request.handler  # type: ignore[attr-defined]
-    return await handler.run_endpoint(request)
-
-
-def routes(runtime: Runtime) -> list[Any]:
-    args = {"runtime": runtime}
-    table: list[Any] = [
-        (r"/healthz", HealthHandler, args),
-        (r"/livez", HealthHandler, args),
-        (r"/readyz", ReadyHandler, args),
-        (r"/metrics", MetricsHandler, args),
-        *discovery_routes(runtime, runtime.discovery.specs),
-    ]
+def routes(runtime: Runtime) -> list[tuple[str, Route]]:
+    """Every path served, first match wins: health, discovery, each cached resource, then the
+    served groups' other paths and the features' forwarded ones (pass-through)."""
+    forward = Forward(runtime.upstream, runtime.retry, runtime.settings.upstream_timeout)
+    table = [*health_routes(runtime), *discovery_routes(runtime.discovery, forward)]
     for spec, resource in runtime.cached.items():
-        if not spec.served:
-            continue
-        for pattern, _ in list_path_args(spec):
-            table.append((pattern, ResourceHandler, {"runtime": runtime, "resource": resource}))
+        if spec.served:
+            route = Route(ResourceEndpoint(resource, forward, runtime.discovery), resource=spec)
+            table += [(pattern, route) for pattern in resource_routes(spec)]
+    for feature in runtime.features:
+        if feature.endpoints is not None:
+            table += [(p, Route(e)) for p, e in feature.endpoints(runtime)]
+    passthrough = Route(PassThrough(forward))
     groups = sorted({re.escape(r.api_prefix) for r in runtime.settings.resources})
     served = "(?:" + "|".join(groups) + ")(?:/.*)?" if groups else "(?!)"
-    table.append((served, PassThroughHandler, args))
+    table.append((served, passthrough))
     for feature in runtime.features:
-        table.extend((pattern, PassThroughHandler, args) for pattern in feature.forwards)
+        table.extend((pattern, passthrough) for pattern in feature.forwards)
     return table
 
 
 def make_app(runtime: Runtime) -> web.Application:
-    # Routed on the decoded path, as kube-apiserver routes (watchcache.kube.gourl).
-    table = [(UndecodablePath(), BadPathHandler, {"runtime": runtime})]
+    """The tornado application: every route served by the one adapter, routed on the decoded
+    path as kube-apiserver routes (watchcache.kube.gourl)."""
+    served = Served(runtime.chain, runtime.requests.count)
+    rules: list[Any] = [routed((UndecodablePath(), BAD_PATH), served)]
+    rules += [decoded_rule(routed(rule, served)) for rule in routes(runtime)]
     return web.Application(
-        table + [decoded_rule(rule) for rule in routes(runtime)],
-        default_handler_class=NotFoundHandler,
-        default_handler_args={"runtime": runtime},
+        rules,
+        default_handler_class=Adapter,
+        default_handler_args={"route": NOT_FOUND, "served": served},
         compress_response=False,
         log_function=_log_request,
     )
@@ -180,9 +170,9 @@ LOGGED_URI = 512  # characters of a request's URI (and 32 of its method) in the 
 
 def _log_request(handler: web.RequestHandler) -> None:
     status = handler.get_status()
-    runtime = getattr(handler, "runtime", None)
-    if runtime is not None:
-        runtime.requests.count(handler.request.method or "", status)
+    served = getattr(handler, "served", None)
+    if isinstance(served, Served):
+        served.count(handler.request.method or "", status)
     level = logging.WARNING if status >= 500 else logging.DEBUG
     if not log.isEnabledFor(level):
         return
@@ -239,7 +229,7 @@ class Server:
         app = make_app(self.runtime)
         limits = self.settings.limits
         _bound_query_params(limits.max_query_params)
-        self._http = BoundedHTTPServer(app, limits, xheaders=False)
+        self._http = BoundedHTTPServer(app, limits)
         self.runtime.connections = self._http.stats
         sockets = bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]

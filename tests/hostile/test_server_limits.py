@@ -427,21 +427,19 @@ def test_unclassified_failure_is_a_500_status_with_an_id_the_log_shows(
     """A handler that raises something unexpected: the client gets a 500 Status naming an
     error id, and the log has that id with the traceback (and nothing else does).
     In-process, since no client input is known to cause one."""
-    from types import SimpleNamespace
-
     from tornado import web
 
-    from watchcache.http.base import BaseHandler
+    from watchcache.http.adapter import Route, Served, routed
     from watchcache.http.serving import BoundedHTTPServer
+    from watchcache.middleware.core import Request, Response, compose
 
-    class Broken(BaseHandler):
-        def get(self) -> None:  # type: ignore[override]
-            raise RuntimeError("unexpected")
+    async def broken(request: Request) -> Response:
+        raise RuntimeError("unexpected")
 
-    runtime = SimpleNamespace(settings=SimpleNamespace(cors_allow_origin=None))
+    served = Served(compose([]), lambda method, code: None)
 
     async def scenario() -> bytes:
-        app = web.Application([(r"/", Broken, {"runtime": runtime})])
+        app = web.Application([routed((r"/", Route(broken)), served)])
         server = BoundedHTTPServer(app, ServerLimits())
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))

@@ -98,7 +98,14 @@ class KubeWriter:
 
 
 def listed(fetch: differential.Fetch, path: str) -> tuple[int, dict[str, int]]:
+    """A list's version and items. A 429 with Retry-After (kube-apiserver's storage still
+    initializing after a restart) is retried as a client would, a few times."""
     got = fetch(path)
+    for _ in range(30):
+        if got.code != 429:
+            break
+        time.sleep(float((got.body or {}).get("details", {}).get("retryAfterSeconds") or 1))
+        got = fetch(path)
     assert got.code == 200, (path, got.code, got.raw[:300])
     return got.rv, {item["metadata"]["name"]: rv_of(item) for item in got.body["items"]}
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from tornado import httputil
-
 from watchcache.kube.status import StatusError
-from watchcache.middleware.core import Next, Request, Response, compose
+from watchcache.middleware.core import Headers, Next, Request, Response, compose
 
 
 def request(path: str = "/apis/ray.io/v1/rayclusters") -> Request:
-    return Request(method="GET", path=path, query={}, headers=httputil.HTTPHeaders())
+    return Request(method="GET", path=path, query={}, headers=Headers())
 
 
 def run(chain: Next, req: Request) -> Response:

@@ -13,11 +13,10 @@ from typing import Any
 
 import orjson
 import pytest
-from tornado import httputil
 
 from watchcache.cache.store import Store
 from watchcache.config import RAY_RESOURCES
-from watchcache.middleware import Request, Response, StatusError
+from watchcache.middleware import Headers, Request, Response, StatusError
 from watchcache.middleware import templates_v1 as v1
 from watchcache.middleware.kuberay import Cors, Defaults, _service_name, merge_defaults
 from watchcache.middleware.templates import (
@@ -340,7 +339,7 @@ def request(method: str, obj: object, **params: str) -> Request:
         method=method,
         path="/apis/ray.io/v1/namespaces/team-a/rayclusters",
         query={},
-        headers=httputil.HTTPHeaders({"Content-Type": "application/json"}),
+        headers=Headers({"Content-Type": "application/json"}),
         body=body,
         path_params={"namespace": "team-a", **params},
         resource=RAYCLUSTERS,
@@ -518,7 +517,7 @@ def test_cors_answers_a_preflight_without_calling_the_server() -> None:
         method="OPTIONS",
         path="/apis/ray.io/v1/rayclusters",
         query={},
-        headers=httputil.HTTPHeaders(
+        headers=Headers(
             {"Origin": "https://dash.example", "Access-Control-Request-Method": "DELETE"}
         ),
     )

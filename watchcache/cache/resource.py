@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import LRUCache
@@ -21,7 +22,7 @@ def render_cache(max_bytes: int) -> LRUCache[RenderKey, Rendered]:
 
 @dataclass(slots=True)
 class CachedResource:
-    """What the read handlers need for one resource: its spec, store and render cache."""
+    """What the read path needs for one resource: its spec, store, hub and render cache."""
 
     spec: ResourceSpec
     store: Store
@@ -44,10 +45,19 @@ class CachedResource:
 
 @dataclass(slots=True)
 class Rendered:
-    state: tuple[int, int]  # what the body was rendered from: see ResourceHandler._list
+    """A list body as rendered, kept while the state it was rendered from holds."""
+
+    state: tuple[int, int]  # what the body was rendered from: see cache.reads.Page
     etag: str
     body: bytes
     gzipped: bytes | None = None
+    # Told when the gzip form is added, so that the render cache counts its bytes too.
+    kept: Callable[[Rendered], None] | None = None
+
+    def keep_gzip(self, zipped: bytes) -> None:
+        self.gzipped = zipped
+        if self.kept is not None:
+            self.kept(self)
 
     @property
     def size(self) -> int:

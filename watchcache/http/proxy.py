@@ -23,18 +23,22 @@ import gzip
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from http.client import responses
-from typing import TYPE_CHECKING, cast
+from urllib.parse import urlencode
 
-from tornado import httputil, iostream, web
+from tornado import httputil, iostream
 
-from watchcache.http.base import BaseHandler
-from watchcache.kube.status import StatusError
-from watchcache.upstream.client import UpstreamError
-from watchcache.upstream.retry import INSPECT_LIMIT, INSPECTED, may_duplicate, request_deadline
-
-if TYPE_CHECKING:
-    from tornado.http1connection import HTTP1Connection
+from watchcache.http.adapter import refuse_method
+from watchcache.kube.gourl import parse_query
+from watchcache.kube.status import StatusError, not_found_path
+from watchcache.middleware.core import Headers, Request, Response, Writer
+from watchcache.upstream.client import Upstream, UpstreamError
+from watchcache.upstream.retry import (
+    INSPECT_LIMIT,
+    INSPECTED,
+    RetryPolicy,
+    may_duplicate,
+    request_deadline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,23 @@ DROP_RESPONSE_HEADERS = frozenset(
 )
 
 
-def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
-    return {n: request.headers[n] for n in FORWARD_REQUEST_HEADERS if n in request.headers}
+def forward_headers(headers: Headers) -> dict[str, str]:
+    return {n: headers[n] for n in FORWARD_REQUEST_HEADERS if n in headers}
+
+
+def relayed(headers: httputil.HTTPHeaders) -> Headers:
+    """The upstream answer's headers a client gets: all but the hop-by-hop ones."""
+    return Headers((n, v) for n, v in headers.get_all() if n.lower() not in DROP_RESPONSE_HEADERS)
+
+
+def upstream_target(request: Request) -> str:
+    """What is asked upstream: the client's own target, byte for byte, unless a middleware
+    (or the cache's own selectors) changed the path or the query."""
+    raw_path, _, raw_query = request.target.partition("?")
+    if request.path == raw_path and request.query == parse_query(raw_query):
+        return request.target
+    encoded = urlencode([(k, v) for k, vs in request.query.items() for v in vs])
+    return request.path + ("?" + encoded if encoded else "")
 
 
 # Given an answer's status code (None: no answer), Retry-After and body (None: not read),
@@ -65,84 +84,76 @@ def forward_headers(request: httputil.HTTPServerRequest) -> dict[str, str]:
 RetryDecision = Callable[[int | None, str | None, bytes | None], float | None]
 
 
-class _Relay:
-    """A ResponseSink writing to the downstream handler, flush by flush.
+class Relay:
+    """The ResponseSink of one upstream exchange.
 
     It swallows a response that will be retried, and holds a successful one whole when
-    ``hold`` is set, so that the handler can release it once the cache has caught up. An
+    ``hold`` is set, so that the endpoint can release it once the cache has caught up. An
     answer whose body tells whether it may be retried (retry.INSPECTED) is held, bounded,
-    until its end, and decided then.
+    until its end, and decided then. An answer passed on is ``started``: its chunks wait
+    (and the upstream read with them) until the adapter attaches the client's writer.
     """
 
-    def __init__(self, handler: web.RequestHandler, decide: RetryDecision, hold: bool):
-        self.handler = handler
+    def __init__(self, decide: RetryDecision, hold: bool) -> None:
         self.decide = decide
         self.hold = hold
         # A status line arrived: the server has handled the request, whatever follows.
         self.answered = False
-        # Part of the answer reached the client: it can no longer be retried or replaced.
+        # The answer is passed on to the client: it can no longer be retried or replaced.
         self.started = False
+        self.passed: tuple[int, httputil.HTTPHeaders] | None = None
         self.retry_code: int | None = None
         self.retry_wait: float | None = None  # set: this answer is dropped and retried
         self.held: tuple[int, str, httputil.HTTPHeaders] | None = None
         self.chunks: list[bytes] = []
         self.deferred: tuple[int, str, httputil.HTTPHeaders] | None = None
         self.deferred_size = 0
+        loop = asyncio.get_running_loop()
+        # Set once the answer is passed on, or the exchange is over: the endpoint decides then.
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.out: Writer | None = None
+        self.waiting: list[bytes] = []  # passed-on chunks from before the writer came
+        self.attached: asyncio.Future[None] = loop.create_future()
+
+    def signal(self, *_: object) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
 
     def head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
         self.answered = True
         if code in INSPECTED:
             self.deferred = (code, reason, headers)
             return None
-        return self._decided(code, reason, headers, None)
+        self.decided(code, reason, headers, None)
+        return None
 
-    def _decided(
+    def decided(
         self, code: int, reason: str, headers: httputil.HTTPHeaders, body: bytes | None
-    ) -> Awaitable[None] | None:
+    ) -> None:
         # Decided here, once, with the Retry-After and the time spent so far, so that what
         # is decided is also what is done.
         wait = self.decide(code, headers.get("Retry-After"), body)
         if wait is not None:
             self.retry_code, self.retry_wait = code, wait
-            return None
+            return
         if self.hold and 200 <= code < 300:
             self.held = (code, reason, headers)
-            return None
+            return
         self.started = True
-        self.send_head(code, reason, headers)
-        # A body of unknown length may be a stream (a watch): the client must see the
-        # headers now, not when the first event happens to arrive.
-        return None if "Content-Length" in headers else self.handler.flush()
+        self.passed = (code, headers)
+        self.signal()
 
-    def send_head(self, code: int, reason: str, headers: httputil.HTTPHeaders) -> None:
-        h = self.handler
-        h.set_status(code, reason or responses.get(code, "Unknown"))
-        h.clear_header("Content-Type")
-        h.clear_header("Cache-Control")  # the upstream's own, if any, is relayed below
-        for name, value in headers.get_all():
-            if name.lower() not in DROP_RESPONSE_HEADERS:
-                h.add_header(name, value)
-
-    def _settle(self, body: bytes | None, *, flush: bool) -> Awaitable[None] | None:
+    def settle(self, body: bytes | None) -> None:
         """Decides a deferred answer; one that is not retried is passed on as it came."""
         assert self.deferred is not None
         code, reason, headers = self.deferred
         self.deferred = None
         chunks, self.chunks = self.chunks, []
-        flushed = self._decided(code, reason, headers, body)
-        if self.retry_wait is not None:
-            return None
+        self.decided(code, reason, headers, body)
         if self.held is not None:
             self.chunks = chunks
-            return None
-        for chunk in chunks:
-            self.handler.write(chunk)
-        if flush:
-            return self.handler.flush()
-        if isinstance(flushed, asyncio.Future):
-            # Nobody awaits it (the answer ends here): a client gone meanwhile is no error.
-            flushed.add_done_callback(lambda f: f.cancelled() or f.exception())
-        return None
+        elif self.started:
+            self.waiting.extend(chunks)
 
     def data(self, chunk: bytes) -> Awaitable[None] | None:
         if self.retry_wait is not None:
@@ -150,23 +161,27 @@ class _Relay:
         if self.deferred is not None:
             self.chunks.append(chunk)
             self.deferred_size += len(chunk)
-            # Past the limit it is no Status: decided on its code alone.
-            return self._settle(None, flush=True) if self.deferred_size > INSPECT_LIMIT else None
+            if self.deferred_size > INSPECT_LIMIT:  # past the limit it is no Status:
+                self.settle(None)  # decided on its code alone
+                return self.attached if self.started else None
+            return None
         if self.held is not None:
             self.chunks.append(chunk)
             return None
-        self.handler.write(chunk)
-        return self._flushed()
+        if self.out is None:
+            self.waiting.append(chunk)
+            return self.attached  # the upstream read waits for the client's writer
+        return self.flushed(self.out.write(chunk))
 
-    async def _flushed(self) -> None:
-        # The client left mid-stream: on_connection_close ends the exchange. Raised into
+    async def flushed(self, write: Awaitable[None]) -> None:
+        # The client left mid-stream: its disconnect ends the exchange. Raised into
         # tornado's read of the upstream answer, this would be logged as a traceback.
         with contextlib.suppress(iostream.StreamClosedError):
-            await self.handler.flush()
+            await write
 
     def end(self) -> None:
         if self.deferred is not None:
-            self._settle(b"".join(self.chunks), flush=False)
+            self.settle(b"".join(self.chunks))
 
     def broke(self) -> None:
         """A deferred answer broke off before its end: decided on its code alone, and
@@ -179,7 +194,43 @@ class _Relay:
                 self.retry_code, self.retry_wait = code, wait
 
 
-def decide_after_failure(relay: _Relay, exc: UpstreamError, wait: float | None) -> float:
+class RelayStream:
+    """The body of an answer passed on: the chunks that came before the client's writer,
+    then the rest as it arrives, flush by flush (each flush pausing the upstream read)."""
+
+    def __init__(self, relay: Relay, exchange: asyncio.Future[None], what: str) -> None:
+        self.relay = relay
+        self.exchange = exchange
+        self.what = what
+
+    async def run(self, out: Writer) -> None:
+        relay = self.relay
+        assert relay.passed is not None
+        if "Content-Length" not in relay.passed[1]:
+            # A body of unknown length may be a stream (a watch): the client must see the
+            # head now, not when the first event happens to arrive.
+            await out.start()
+        relay.out = out
+        waiting, relay.waiting = relay.waiting, []
+        if waiting:
+            await relay.flushed(out.write(b"".join(waiting)))
+        if not relay.attached.done():
+            relay.attached.set_result(None)
+        try:
+            await self.exchange
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the server itself is stopping
+            # else the client went away: the upstream request was abandoned
+        except UpstreamError as exc:
+            # The client has the head and part of the body. Ending the answer cleanly
+            # would pass a truncated one off as whole: break it off too.
+            log.warning("%s: answer broke off: %s", self.what, exc)
+            out.abort()
+
+
+def decide_after_failure(relay: Relay, exc: UpstreamError, wait: float | None) -> float:
     """The wait before sending again a request whose answer never came whole, or the error
     to answer instead."""
     if relay.answered:
@@ -206,47 +257,50 @@ def decoded(body: bytes, headers: httputil.HTTPHeaders) -> bytes:
         return body
 
 
-class PassThroughHandler(BaseHandler):
-    """Forwards any method on a served path to the API server, unchanged."""
+class Forward:
+    """Sends a request on to the API server, retrying transient failures, and answers with
+    what it answers. Given ``written``, a successful write's answer is held until that
+    returns (read-your-writes)."""
 
-    async def endpoint(self, *args: str | None, **kwargs: str | None) -> None:
-        if self.request.method == "OPTIONS":
-            await super().endpoint()
-        await self.forward()
+    def __init__(self, upstream: Upstream, retry: RetryPolicy, timeout: float) -> None:
+        self.upstream = upstream
+        self.retry = retry
+        self.timeout = timeout  # no status line within this long counts as no answer
 
-    def hold_for_cache(self) -> bool:
-        """Whether a successful answer waits for the cache (read-your-writes)."""
-        return False
-
-    async def wait_for_cache(self, code: int, body: bytes) -> None:
-        """Returns once the cache has seen the write answered by ``body``."""
-
-    _exchange: asyncio.Future[None] | None = None
-    _client_gone = False
-
-    def _no_answer(self, relay: _Relay) -> None:
-        if not relay.started and relay.held is None and self._exchange is not None:
-            self._exchange.cancel()
-
-    def on_connection_close(self) -> None:
-        # A forwarded watch whose client left must not wait for its next event to notice.
-        self._client_gone = True
-        if self._exchange is not None and not self._exchange.done():
-            self._exchange.cancel()
-        super().on_connection_close()
-
-    async def forward(self) -> None:
-        """Sends the request on, retrying transient failures, and relays the answer."""
-        if self._finished:
-            return
-        method = self.request.method or "GET"
-        body = self.body if method in ("POST", "PUT", "PATCH", "DELETE") else None
+    async def __call__(
+        self,
+        request: Request,
+        written: Callable[[Request, int, bytes], Awaitable[None]] | None = None,
+    ) -> Response:
+        method = request.method
+        body: bytes | None = request.body if method in ("POST", "PUT", "PATCH", "DELETE") else None
         if method == "DELETE" and not body:
             body = None
-        policy = self.runtime.retry
+        policy = self.retry
         once = may_duplicate(method, body)
-        deadline = request_deadline(getattr(self, "query", {}))
-        hold = self.hold_for_cache() and method != "GET"
+        deadline = request_deadline(request.query)
+        hold = written is not None and method != "GET"
+        target = upstream_target(request)
+        headers = forward_headers(request.headers)
+        what = f"{method} {request.path}"
+        exchange: asyncio.Future[None] | None = None
+        gone = False
+
+        def disconnected() -> None:
+            # A forwarded watch whose client left must not wait for its next event.
+            nonlocal gone
+            gone = True
+            if exchange is not None and not exchange.done():
+                exchange.cancel()
+
+        request.on_disconnect(disconnected)
+
+        def ended() -> None:
+            # The stream was never run (a middleware answered instead): let the upstream go.
+            if exchange is not None and not exchange.done():
+                exchange.cancel()
+
+        request.on_end(ended)
         started = time.monotonic()
         attempt = 0
         while True:
@@ -269,66 +323,89 @@ class PassThroughHandler(BaseHandler):
                     deadline=deadline,
                 )
 
-            relay = _Relay(self, decide, hold)
-            self._exchange = asyncio.ensure_future(
-                self.runtime.upstream.send(
-                    method,
-                    self.request.uri or "/",
-                    relay,
-                    headers=forward_headers(self.request),
-                    body=body,
-                    replay=not once,
+            relay = Relay(decide, hold)
+            exchange = asyncio.ensure_future(
+                self.upstream.send(
+                    method, target, relay, headers=headers, body=body, replay=not once
                 )
             )
+            exchange.add_done_callback(relay.signal)
+
+            def no_answer(relay: Relay = relay, exchange: asyncio.Future[None] = exchange) -> None:
+                if not relay.started and relay.held is None:
+                    exchange.cancel()
+
             # An API server that accepts the request but never answers must not hold the
-            # client forever: no status line within upstream_timeout counts as no answer.
-            timer = asyncio.get_running_loop().call_later(
-                self.runtime.settings.upstream_timeout, self._no_answer, relay
-            )
+            # client forever.
+            timer = asyncio.get_running_loop().call_later(self.timeout, no_answer)
             try:
-                await self._exchange
+                await relay.ready
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # this handler itself is being stopped
-                if self._client_gone:
-                    return  # the client went away: the upstream request was abandoned
-                timeout = self.runtime.settings.upstream_timeout
+                exchange.cancel()
+                raise  # this request itself is being stopped
+            finally:
+                timer.cancel()
+            if relay.started:
+                code, upstream_headers = relay.passed  # type: ignore[misc]
+                return Response(
+                    status=code,
+                    headers=relayed(upstream_headers),
+                    body=RelayStream(relay, exchange, what),
+                )
+            if gone:
+                raise iostream.StreamClosedError()  # the client went away; nothing to answer
+            try:
+                exchange.result()
+            except asyncio.CancelledError:
                 relay.broke()
                 if relay.retry_wait is None:
-                    relay.retry_wait = decide_after_failure(
-                        relay, UpstreamError(f"no answer within {timeout:g}s"), decide(None, None)
-                    )
+                    failure = UpstreamError(f"no answer within {self.timeout:g}s")
+                    relay.retry_wait = decide_after_failure(relay, failure, decide(None, None))
             except UpstreamError as exc:
-                if relay.started:
-                    # The client has the head and part of the body. Ending the answer
-                    # cleanly would pass a truncated one off as whole: break it off too.
-                    log.warning("%s %s: answer broke off: %s", method, self.request.path, exc)
-                    cast("HTTP1Connection", self.request.connection).close()
-                    return
                 relay.broke()
                 if relay.retry_wait is None:  # else a retried answer broke off: no matter
                     relay.retry_wait = decide_after_failure(relay, exc, decide(None, None))
-            except iostream.StreamClosedError:
-                return  # the client went away; nothing to answer
-            finally:
-                timer.cancel()
             if relay.retry_wait is None:
                 break
             log.info(
-                "%s %s: %s; retry in %.1fs",
-                method,
-                self.request.path,
+                "%s: %s; retry in %.1fs",
+                what,
                 f"HTTP {relay.retry_code}" if relay.retry_code else "no answer",
                 relay.retry_wait,
             )
             await asyncio.sleep(relay.retry_wait)
             attempt += 1
-        if relay.held is not None:
-            code, reason, headers = relay.held
-            payload = b"".join(relay.chunks)
-            await self.wait_for_cache(code, decoded(payload, headers))
-            relay.send_head(code, reason, headers)
-            self.write(payload)
-        if not self._finished:
-            self.finish()
+        if relay.held is None:
+            raise StatusError(502, "the Kubernetes API server sent no answer")
+        code, _, upstream_headers = relay.held
+        payload = b"".join(relay.chunks)
+        if written is not None:
+            await written(request, code, decoded(payload, upstream_headers))
+        return Response(status=code, headers=relayed(upstream_headers), body=payload)
+
+
+class PassThrough:
+    """Any method on a served path the cache does not answer: sent on, unchanged."""
+
+    def __init__(self, forward: Forward) -> None:
+        self.forward = forward
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            raise refuse_method(request.resource, request.path_params.get("namespace"))
+        return await self.forward(request)
+
+
+class NamespaceGet:
+    """``GET /api/v1/namespaces/<name>``, passed through. Namespaces are not served, but
+    kubectl asks for the namespace after a 404 in it, to tell "no such object" from "no such
+    namespace"; without this its message would be wrong. Only GET: nothing else of the core
+    group is served."""
+
+    def __init__(self, forward: Forward) -> None:
+        self.forward = forward
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method != "GET":
+            raise not_found_path()
+        return await self.forward(request)

@@ -4,7 +4,8 @@ tornado's HTTPServer leaves these to the application. Left alone, a half-open co
 take an hour to send its headers, at the descriptor limit the accept loop spins and logs a
 traceback per attempt, and a header block over the limit or a query of too many fields is
 answered with an empty 400 or a closed socket. ``BoundedHTTPServer`` keeps tornado's request
-handling and bounds what surrounds it:
+handling (tornado's own HTTP/1.1 connection, through its public API) and bounds what
+surrounds it:
 
 - at most ``max_connections`` open connections, below the descriptor limit; when full, the
   connection that has waited longest for its request headers is closed to make room (that is
@@ -25,7 +26,6 @@ import asyncio
 import contextlib
 import copy
 import errno
-import functools
 import logging
 import socket
 import time
@@ -36,8 +36,7 @@ from http.client import responses
 from typing import Any
 
 from tornado import httputil, iostream
-from tornado.http1connection import HTTP1ServerConnection
-from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
 from tornado.ioloop import IOLoop
 
 from watchcache.config import ServerLimits
@@ -50,10 +49,10 @@ BACKOFF_FIRST, BACKOFF_MAX = 0.005, 1.0  # pause of the accept loop at the descr
 LINGER_SECONDS, LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused header block
 ACCEPTS_PER_WAKEUP = 128
 # What tornado writes, alone, for a request it cannot parse.
-_BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
 # Descriptors kept free for the upstream connections, logs and files.
 FD_RESERVE = 64
-_OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 def raw_answer(err: StatusError, *, close: bool = True) -> bytes:
@@ -108,34 +107,34 @@ class ConnectionStats:
     header_refusals: int = 0
 
 
-class _Throttled:
+class Throttled:
     """One log line per ``LOG_EVERY`` seconds for a recurring failure, with a count."""
 
     def __init__(self) -> None:
-        self._last = -LOG_EVERY
-        self._skipped = 0
+        self.last = -LOG_EVERY
+        self.skipped = 0
 
     def warning(self, message: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._last < LOG_EVERY:
-            self._skipped += 1
+        if now - self.last < LOG_EVERY:
+            self.skipped += 1
             return
-        suffix = f" ({self._skipped} more since the last report)" if self._skipped else ""
-        self._last, self._skipped = now, 0
+        suffix = f" ({self.skipped} more since the last report)" if self.skipped else ""
+        self.last, self.skipped = now, 0
         log.warning(message + suffix, *args)
 
 
-class _Stream(iostream.IOStream):
+class Stream(iostream.IOStream):
     """An IOStream that answers, rather than drops, the requests tornado refuses itself."""
 
     server: BoundedHTTPServer
     reading_headers = True
     refusal: str | None = None  # why the guard refused the request, for the 400 below
     answered = False  # the current request's answer has begun
-    _refuse_headers = False
+    refuse_headers = False
 
     def write(self, data: bytes | memoryview) -> asyncio.Future[None]:
-        if len(data) == len(_BARE_400) and bytes(data) == _BARE_400:
+        if len(data) == len(BARE_400) and bytes(data) == BARE_400:
             if self.answered:
                 # The handler answered already (a 413 for a Content-Length tornado then
                 # refuses too): a second answer would only confuse the client.
@@ -151,11 +150,11 @@ class _Stream(iostream.IOStream):
     def close(self, exc_info: Any = False) -> None:
         if not self.closed() and isinstance(exc_info, iostream.UnsatisfiableReadError):
             # Only a bounded read overflows: the header block, or a chunk-size line.
-            self._refuse_headers = True
+            self.refuse_headers = True
         super().close(exc_info)
 
     def close_fd(self) -> None:
-        if self._refuse_headers and self.socket is not None:
+        if self.refuse_headers and self.socket is not None:
             # Annotated a socket, but tornado's own close_fd sets it to None as well.
             sock, self.socket = self.socket, None  # type: ignore[assignment]
             if self.reading_headers:
@@ -168,7 +167,20 @@ class _Stream(iostream.IOStream):
         super().close_fd()
 
 
-class _Guard(httputil.HTTPMessageDelegate):
+class ConnectionContext:
+    """What a request knows of its connection (tornado reads ``remote_ip`` and ``protocol``)."""
+
+    def __init__(self, address: Any, protocol: str) -> None:
+        self.address = address
+        ip = address[0] if isinstance(address, tuple) and address else None
+        self.remote_ip = ip if isinstance(ip, str) else "0.0.0.0"
+        self.protocol = protocol
+
+    def __str__(self) -> str:
+        return self.remote_ip
+
+
+class Guard(httputil.HTTPMessageDelegate):
     """Wraps the application's delegate for one request: marks the connection busy once its
     headers are in, and turns tornado's own input errors into a message for the 400."""
 
@@ -187,14 +199,14 @@ class _Guard(httputil.HTTPMessageDelegate):
         start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
-        self.server._busy(self.conn)
+        self.server.busy_now(self.conn)
         stream = self.conn.stream
-        if isinstance(stream, _Stream):
+        if isinstance(stream, Stream):
             stream.reading_headers = False
         try:
             return self.inner.headers_received(start_line, headers)
         except httputil.HTTPInputError as exc:
-            if isinstance(stream, _Stream):
+            if isinstance(stream, Stream):
                 stream.refusal = str(exc)[:200]
             raise
 
@@ -208,50 +220,55 @@ class _Guard(httputil.HTTPMessageDelegate):
         self.inner.on_connection_close()
 
 
-class BoundedHTTPServer(HTTPServer):
-    """tornado's HTTPServer with the bounds this module describes."""
+class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
+    """Accepts connections and serves HTTP/1.1 on them with tornado's connection class,
+    within the bounds this module describes."""
 
-    def initialize(  # type: ignore[override]  # tornado's Configurable calls this, not __init__
-        self, request_callback: Any, limits: ServerLimits, **kwargs: Any
-    ) -> None:
-        # The header timeout is set per request (start_request); body_timeout is tornado's.
-        super().initialize(
-            request_callback,
-            max_header_size=limits.max_header_bytes,
-            body_timeout=limits.body_timeout,
-            idle_connection_timeout=limits.idle_timeout,
-            **kwargs,
-        )
+    def __init__(self, app: httputil.HTTPServerConnectionDelegate, limits: ServerLimits) -> None:
+        self.app = app
         self.limits = limits
+        # The header timeout is set per request (start_request).
+        self.params = HTTP1ConnectionParameters(
+            max_header_size=limits.max_header_bytes,
+            header_timeout=limits.idle_timeout,
+            body_timeout=limits.body_timeout,
+        )
         self.max_connections = descriptor_cap(limits.max_connections)
         self.stats = ConnectionStats()
         self.draining = False
-        self._waiting: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
-        self._served: set[HTTP1ServerConnection] = set()  # has had a request (keep-alive)
-        self._lingering: set[asyncio.Task[None]] = set()
-        self._backoff = BACKOFF_FIRST
-        self._accept_log = _Throttled()
-        self._settled: asyncio.Event | None = None  # set once draining has no request left
+        self.stopped = False
+        self.sockets: dict[int, socket.socket] = {}
+        self.connections: set[HTTP1ServerConnection] = set()
+        self.waiting: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
+        self.served: set[HTTP1ServerConnection] = set()  # has had a request (keep-alive)
+        self.lingering: set[asyncio.Task[None]] = set()
+        self.backoff = BACKOFF_FIRST
+        self.accept_log = Throttled()
+        self.settled: asyncio.Event | None = None  # set once draining has no request left
 
     # ---- accepting -----------------------------------------------------------------------
     def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
-        loop = IOLoop.current()
         for sock in sockets:
             sock.setblocking(False)
-            fd = sock.fileno()
-            self._sockets[fd] = sock
+            self.sockets[sock.fileno()] = sock
+            self.watch(sock)
 
-            def on_readable(_fd: int, _events: int, s: socket.socket = sock) -> None:
-                self._accept(s)
+    def watch(self, sock: socket.socket) -> None:
+        IOLoop.current().add_handler(sock.fileno(), lambda _fd, _ev: self.accept(sock), IOLoop.READ)
 
-            loop.add_handler(fd, on_readable, IOLoop.READ)
-            self._handlers[fd] = functools.partial(self._unwatch, fd)
-
-    def _unwatch(self, fd: int) -> None:
+    def unwatch(self, fd: int) -> None:
         with contextlib.suppress(KeyError, ValueError):
             IOLoop.current().remove_handler(fd)
 
-    def _accept(self, sock: socket.socket) -> None:
+    def stop(self) -> None:
+        """Stops accepting: the listening sockets are closed; connections stay."""
+        self.stopped = True
+        for fd, sock in self.sockets.items():
+            self.unwatch(fd)
+            sock.close()
+        self.sockets.clear()
+
+    def accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
             try:
                 conn, address = sock.accept()
@@ -260,51 +277,49 @@ class BoundedHTTPServer(HTTPServer):
             except ConnectionAbortedError:
                 continue
             except OSError as exc:
-                if exc.errno in _OUT_OF_DESCRIPTORS:
-                    self._pause(sock, exc)
+                if exc.errno in OUT_OF_DESCRIPTORS:
+                    self.pause(sock, exc)
                 else:
-                    self._accept_log.warning("accept failed: %s", exc)
+                    self.accept_log.warning("accept failed: %s", exc)
                 return
-            self._backoff = BACKOFF_FIRST
-            self._admit(conn, address)
+            self.backoff = BACKOFF_FIRST
+            self.admit(conn, address)
 
-    def _pause(self, sock: socket.socket, exc: OSError) -> None:
+    def pause(self, sock: socket.socket, exc: OSError) -> None:
         """Out of descriptors: stop polling the listener for a while instead of spinning."""
         fd = sock.fileno()
         self.stats.accept_pauses += 1
-        self._accept_log.warning(
+        self.accept_log.warning(
             "accept failed (%s) with %d connections open; pausing accept for %.3fs",
             exc.strerror or exc,
-            len(self._connections),
-            self._backoff,
+            len(self.connections),
+            self.backoff,
         )
-        self._unwatch(fd)
-        delay, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+        self.unwatch(fd)
+        delay, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
 
         def resume() -> None:
-            if not self._stopped and fd in self._sockets:
-                IOLoop.current().add_handler(fd, lambda _fd, _ev: self._accept(sock), IOLoop.READ)
+            if not self.stopped and fd in self.sockets:
+                self.watch(sock)
 
         IOLoop.current().call_later(delay, resume)
 
-    def _admit(self, conn: socket.socket, address: Any) -> None:
-        if len(self._connections) + len(self._lingering) >= self.max_connections:
-            if self._waiting:
-                oldest = next(iter(self._waiting))
-                self._waiting.pop(oldest)
+    def admit(self, conn: socket.socket, address: Any) -> None:
+        if len(self.connections) + len(self.lingering) >= self.max_connections:
+            if self.waiting:
+                oldest = next(iter(self.waiting))
+                self.waiting.pop(oldest)
                 self.stats.evicted += 1
                 oldest.stream.close()
             else:
                 self.stats.refused += 1
-                self._refuse(conn)
+                self.refuse(conn)
                 return
-        stream = _Stream(
-            conn, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size
-        )
+        stream = Stream(conn)
         stream.server = self
-        self.handle_stream(stream, address)
+        self.serve(stream, address)
 
-    def _refuse(self, conn: socket.socket) -> None:
+    def refuse(self, conn: socket.socket) -> None:
         err = too_many_requests("too many open connections, please try again later", 1)
         try:
             conn.setblocking(False)
@@ -315,79 +330,87 @@ class BoundedHTTPServer(HTTPServer):
         conn.close()
 
     # ---- connections ---------------------------------------------------------------------
-    def handle_stream(self, stream: iostream.IOStream, address: tuple[Any, ...]) -> None:
-        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+    def serve(self, stream: iostream.IOStream, address: Any, protocol: str = "http") -> None:
         # Parameters of its own: its header timeout changes after its first request.
-        conn = HTTP1ServerConnection(stream, copy.copy(self.conn_params), context)
-        self._connections.add(conn)
-        self.stats.open = len(self._connections)
+        conn = HTTP1ServerConnection(
+            stream, copy.copy(self.params), ConnectionContext(address, protocol)
+        )
+        self.connections.add(conn)
+        self.stats.open = len(self.connections)
         conn.start_serving(self)
 
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
         conn: HTTP1ServerConnection = server_conn  # type: ignore[assignment]
-        inner = super().start_request(server_conn, request_conn)
-        if conn in self._served:
+        inner = self.app.start_request(server_conn, request_conn)
+        if conn in self.served:
             conn.params.header_timeout = self.limits.idle_timeout
         else:
             conn.params.header_timeout = self.limits.header_timeout
-            self._served.add(conn)
+            self.served.add(conn)
         stream = conn.stream
-        if isinstance(stream, _Stream):
+        if isinstance(stream, Stream):
             stream.reading_headers = True
             stream.refusal = None
             stream.answered = False
         if self.draining:
             stream.close()  # the previous answer is out; no new request starts
         else:
-            self._waiting[conn] = None
-        self._check_settled()
-        return _Guard(self, conn, inner)
+            self.waiting[conn] = None
+        self.check_settled()
+        return Guard(self, conn, inner)
 
-    def _busy(self, conn: HTTP1ServerConnection) -> None:
-        self._waiting.pop(conn, None)
+    def busy_now(self, conn: HTTP1ServerConnection) -> None:
+        self.waiting.pop(conn, None)
 
     def on_close(self, server_conn: object) -> None:
         conn: HTTP1ServerConnection = server_conn  # type: ignore[assignment]
-        self._waiting.pop(conn, None)
-        self._served.discard(conn)
-        super().on_close(server_conn)
-        self.stats.open = len(self._connections)
-        self._check_settled()
+        self.waiting.pop(conn, None)
+        self.served.discard(conn)
+        self.connections.discard(conn)
+        self.stats.open = len(self.connections)
+        self.check_settled()
 
     def linger(self, sock: socket.socket, answer: bytes) -> None:
         """Sends ``answer`` on a socket tornado gave up, then reads and drops what the client
         still sends for a moment, so that closing does not reset the answer away."""
-        task = asyncio.ensure_future(_linger(sock, answer))
-        self._lingering.add(task)
-        task.add_done_callback(self._lingering.discard)
+        task = asyncio.ensure_future(linger(sock, answer))
+        self.lingering.add(task)
+        task.add_done_callback(self.lingering.discard)
 
     # ---- shutdown ------------------------------------------------------------------------
     def drain(self) -> None:
         """Closes every idle connection; busy ones close once their answer is out."""
         self.draining = True
-        for conn in list(self._waiting):
+        for conn in list(self.waiting):
             conn.stream.close()
-        self._waiting.clear()
+        self.waiting.clear()
 
     def busy(self) -> int:
-        return len(self._connections) - len(self._waiting)
+        return len(self.connections) - len(self.waiting)
 
     async def wait_idle(self, grace: float) -> bool:
         """Waits up to ``grace`` seconds for requests in flight; True if none is left."""
-        self._settled = asyncio.Event()
-        self._check_settled()
+        self.settled = asyncio.Event()
+        self.check_settled()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), grace)
+            await asyncio.wait_for(self.settled.wait(), grace)
         return self.busy() == 0
 
-    def _check_settled(self) -> None:
-        if self._settled is not None and self.busy() == 0:
-            self._settled.set()
+    def check_settled(self) -> None:
+        if self.settled is not None and self.busy() == 0:
+            self.settled.set()
+
+    async def close_all_connections(self) -> None:
+        """Closes every connection left, and waits for each to be done."""
+        while self.connections:
+            conn = next(iter(self.connections))
+            self.connections.discard(conn)
+            await conn.close()
 
 
-async def _linger(sock: socket.socket, answer: bytes) -> None:
+async def linger(sock: socket.socket, answer: bytes) -> None:
     loop = asyncio.get_running_loop()
     try:
         sock.setblocking(False)

@@ -1,25 +1,27 @@
-"""Table answers of a cached resource (what ``kubectl get`` asks for), glued to the handler.
+"""Table answers of a cached resource (what ``kubectl get`` asks for).
 
-The read handler asks ``table_for`` what representation a read wants: plain JSON (None, the
-cache's own bytes), a Table it renders with ``send_table``, or ``FORWARD``: a form the cache
-does not render (YAML, protobuf, PartialObjectMetadata, a Table of a resource whose printer
-columns are not known here, nothing acceptable), which the API server answers itself.
-Table watches are forwarded too: their events carry one-row Tables, rendered upstream.
+``table_for`` says what representation a read wants: plain JSON (None, the cache's own
+bytes), a Table rendered here (``table_response``), or ``FORWARD``: a form the cache does not
+render (YAML, protobuf, PartialObjectMetadata, a Table of a resource whose printer columns
+are not known here, nothing acceptable), which the API server answers itself. Table watches
+are forwarded too: their events carry one-row Tables, rendered upstream.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
 from watchcache.kube.negotiation import negotiate
 from watchcache.kube.tables import TableSpec, include_object, render
-from watchcache.kube.wire import go_escape
+from watchcache.kube.wire import go_escape, go_indent
+from watchcache.middleware.core import Headers, Request, Response
 
 if TYPE_CHECKING:
-    from watchcache.http.context import ReadHandler
+    from watchcache.kube.resources import ResourceSpec
+    from watchcache.upstream.discovery import Discovery
 
 FORWARD: Final = "forward"
 
@@ -32,19 +34,19 @@ class TableRequest:
 
 
 async def table_for(
-    handler: ReadHandler, query: Mapping[str, Sequence[str]]
+    request: Request, spec: ResourceSpec, discovery: Discovery
 ) -> TableRequest | Literal["forward"] | None:
     """The Table a read asks for, FORWARD, or None for plain JSON."""
-    wanted = negotiate(handler.request.headers.get("Accept"))
+    wanted = negotiate(request.headers.get("Accept"))
     if wanted == "json":
         return None
     if wanted == "forward":
         return FORWARD
-    include = include_object(query)  # a bad value is the API server's 400, from here
-    spec = await handler.runtime.discovery.table_spec(handler.resource.spec)
-    if spec is None:
+    include = include_object(request.query)  # a bad value is the API server's 400, from here
+    columns = await discovery.table_spec(spec)
+    if columns is None:
         return FORWARD
-    return TableRequest(spec, wanted[1], include)
+    return TableRequest(columns, wanted[1], include)
 
 
 def list_meta(rv: int, token: str | None = None, remaining: int | None = None) -> dict[str, object]:
@@ -57,13 +59,10 @@ def list_meta(rv: int, token: str | None = None, remaining: int | None = None) -
     return meta
 
 
-def send_table(
-    handler: ReadHandler,
-    table: TableRequest,
-    raws: Iterable[bytes],
-    meta: Mapping[str, object],
-) -> None:
-    """Renders and sends a Table. No ETag: its Age cells change with the clock."""
+def table_response(
+    request: Request, table: TableRequest, raws: Iterable[bytes], meta: Mapping[str, object]
+) -> Response:
+    """A rendered Table. No ETag: its Age cells change with the clock."""
     body = render(
         table.spec,
         raws,
@@ -72,4 +71,8 @@ def send_table(
         version=table.version,
         now=time.time(),
     )
-    handler._send_json(go_escape(body) + b"\n")  # as the API server writes it
+    body = go_escape(body) + b"\n"  # as the API server writes it
+    if request.pretty:
+        body = go_indent(body)
+    headers = Headers({"Content-Type": "application/json"})
+    return Response(status=200, headers=headers, body=body, compress=True)

@@ -1,11 +1,11 @@
 """``?watch=true`` on a cached resource: a newline-delimited JSON event stream from the Hub.
 
-Once the initial events are out, the body is written to the connection's stream directly
-(chunk-framed here; tornado writes the head and the terminating chunk). An event reaches an
-idle watcher's socket buffer inside the Hub's fan-out step, with no coroutine wake-up. A
-watcher whose stream is still busy gets its frames queued instead, and its coroutine writes
-them with ``await``: that wait is the backpressure. When the bounded queue fills, the Hub
-ends the watch.
+``cache.reads.watch`` registers the watcher (its snapshot and subscription in one step);
+``WatchStream`` writes what follows once the middleware chain has returned, through the
+adapter's ``Writer`` (chunk-framed by tornado). An event reaches an idle watcher's socket
+buffer inside the Hub's fan-out step, with no coroutine wake-up. A watcher whose stream is
+still busy gets its frames queued instead, and its coroutine writes them with ``await``:
+that wait is the backpressure. When the bounded queue fills, the Hub ends the watch.
 
 A client that stops reading is cut off whether or not more events come: every write it has
 not taken within ``stall_timeout`` seconds (the initial events, a bookmark, a queued batch,
@@ -17,161 +17,100 @@ the shared entries one write budget at a time, never copied whole per watcher.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING
 
-import orjson
 from tornado import iostream
 
-from watchcache.cache.hub import Filter, TooOld, Watcher
-from watchcache.http.websocket import WebSocketWatch, websocket_watch
-from watchcache.kube.listoptions import ListOptions, resource_version_int, watch_too_old
+from watchcache.cache.reads import Subscription, bookmark_frame
+from watchcache.http.websocket import Handshake, WebSocketWriter
+from watchcache.middleware.core import Headers, Request, Response, Writer
 
 if TYPE_CHECKING:
+    from watchcache.cache.hub import Watcher
     from watchcache.cache.resource import CachedResource
-    from watchcache.http.context import ReadHandler
+    from watchcache.kube.listoptions import ListOptions
 
-INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 WRITE_BUDGET = 1 << 20  # bytes written per flush: what a stalled stream holds in flight
 
 
-def bookmark_frame(resource: CachedResource, rv: int, *, initial_end: bool = False) -> bytes:
-    meta: dict[str, object] = {"resourceVersion": str(rv)}
-    if initial_end:
-        meta["annotations"] = {INITIAL_EVENTS_END: "true"}
-    obj = {"kind": resource.spec.kind, "apiVersion": resource.spec.api_version, "metadata": meta}
-    return b'{"type":"BOOKMARK","object":' + orjson.dumps(obj) + b"}\n"
+def watch_response(
+    request: Request,
+    resource: CachedResource,
+    sub: Subscription,
+    opts: ListOptions,
+    ws: Handshake | None,
+) -> Response:
+    """The watch's answer: its head now, its events once the chain has returned. Even when
+    asked for ``application/json;stream=watch``, kube-apiserver answers a JSON watch as plain
+    ``application/json`` (it adds ``;stream=watch`` only to protobuf)."""
+    watcher = sub.watcher
+    if watcher is not None:
+        request.on_disconnect(watcher.end)
+        request.on_end(lambda: resource.hub.remove(watcher))
+    stream = WatchStream(resource, sub, opts, ws)
+    if ws is not None:
+        return Response(status=101, headers=ws.headers(), body=stream)
+    return Response(status=200, headers=Headers({"Content-Type": "application/json"}), body=stream)
 
 
-async def serve_watch(
-    handler: ReadHandler, resource: CachedResource, namespace: str | None, opts: ListOptions
-) -> None:
-    store, hub = resource.store, resource.hub
-    ws = websocket_watch(handler)  # None: plain HTTP; raises a refused handshake
-    if opts.timeout_seconds is not None and opts.timeout_seconds < 0:
-        await _expired(handler, opts, ws)
-        return
-    filter_ = Filter(namespace, opts.label_selector, opts.field_selector)
-    watcher = hub.watcher(filter_)
-    watcher.on_overflow = handler.request.connection.close  # type: ignore[union-attr]
-    handler.watcher = watcher
-    rv_text = opts.resource_version or ""
-    initial: Iterator[bytes] = iter(())
-    initial_end: int | None = None
+class WatchStream:
+    """The body of one watch: the initial events, then the Hub's, bookmarks, the end."""
 
-    start_from_state = opts.send_initial_events is True or (
-        rv_text in ("", "0") and opts.send_initial_events is None
-    )
-    wanted = 0
-    if rv_text not in ("", "0"):
-        wanted = resource_version_int(rv_text)
-        reached = await store.wait_for(wanted, resource.rv_wait)
-        if start_from_state and not reached:
-            # The initial state must be at least as new as N, and the cache cannot tell that
-            # nothing changed up to N (N may come from a write to another resource). The API
-            # server can: it answers this watch (or sends the 504 ERROR event itself).
-            await handler._forward()
-            return
-        # A legacy watch from N needs no such state: events up to N are skipped below.
+    def __init__(
+        self,
+        resource: CachedResource,
+        sub: Subscription,
+        opts: ListOptions,
+        ws: Handshake | None,
+    ) -> None:
+        self.resource = resource
+        self.sub = sub
+        self.opts = opts
+        self.ws = ws
 
-    # From here to hub.add there is no await: the state copied and the events that follow
-    # it join without a gap or an overlap.
-    if start_from_state:
-        entries = store.select(namespace, opts.label_selector, opts.field_selector)
-        initial = (b'{"type":"ADDED","object":' + e.raw + b"}\n" for e in entries)
-        watcher.rv = store.rv
-        if opts.is_list_watch:
-            initial_end = store.rv
-    elif rv_text in ("", "0"):
-        watcher.rv = store.rv
-    else:
+    async def run(self, out: Writer) -> None:
+        resource, sub, watcher = self.resource, self.sub, self.sub.watcher
+        stall = resource.stall_timeout
+        writer: BodyWriter | WebSocketWriter
+        writer = self.ws.accept(out, watcher) if self.ws is not None else BodyWriter(out, watcher)
         try:
-            frames = [f for wev in hub.since(wanted, namespace) if (f := filter_.frame(wev))]
-            initial = iter(frames)
-            # A version the cache has not reached is no error: events up to it are skipped.
-            watcher.rv = max(store.rv, wanted)
-            watcher.skip_until = wanted
-        except TooOld as exc:
-            status = watch_too_old(exc.requested, exc.oldest + 1)
-            with contextlib.suppress(iostream.StreamClosedError, TimeoutError):
-                writer = await _start_stream(handler, ws, watcher)
-                event = b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n"
-                await writer.write(event, resource.stall_timeout)
-            await _end(handler, ws)
-            return
-    hub.add(watcher)
-
-    stall = resource.stall_timeout
-    try:
-        writer = await _start_stream(handler, ws, watcher)
-        await _write_initial(writer, initial, watcher, stall)
-        if watcher.ended:
-            # Shut down, gone, or expired (a re-list) before the initial events were all
-            # sent: what was queued (the 410 ERROR, if any) is the last thing written.
-            if watcher.frames:
-                handler.write(b"".join(watcher.drain(WRITE_BUDGET)))
-            return
-        if initial_end is not None:
-            await writer.write(bookmark_frame(resource, initial_end, initial_end=True), stall)
-        watcher.direct = writer.try_write
-        await _stream(writer, resource, watcher, opts)
-    except iostream.StreamClosedError:
-        pass  # the client went away: a normal end
-    except TimeoutError:
-        # It stopped reading: close the connection, since a write it never takes would
-        # never finish, and what it pins is freed only then.
-        hub.ended_slow += 1
-        if ws is not None:
-            ws.abort()
-        else:
-            handler.request.connection.close()  # type: ignore[union-attr]
-    finally:
-        try:
-            await _end(handler, ws)  # the terminating chunk: a clean end the client can tell
+            if self.ws is None:
+                await out.start()  # a client counts the watch as open once it has the head
+            if watcher is None:  # ended before it started: its last event, if any
+                if sub.error is not None:
+                    await writer.write(sub.error, stall)
+                return
+            watcher.on_overflow = writer.abort
+            await write_initial(writer, sub.initial, watcher, stall)
+            if watcher.ended:
+                # Shut down, gone, or expired (a re-list) before the initial events were all
+                # sent: what was queued (the 410 ERROR, if any) is the last thing written.
+                if watcher.frames:
+                    await writer.write(b"".join(watcher.drain(WRITE_BUDGET)), stall)
+                return
+            if sub.initial_end is not None:
+                await writer.write(
+                    bookmark_frame(resource, sub.initial_end, initial_end=True), stall
+                )
+            watcher.direct = writer.try_write
+            await stream(writer, resource, watcher, self.opts)
+        except iostream.StreamClosedError:
+            pass  # the client went away: a normal end
+        except TimeoutError:
+            # It stopped reading: close the connection, since a write it never takes would
+            # never finish, and what it pins is freed only then.
+            resource.hub.ended_slow += 1
+            writer.abort()
         finally:
-            hub.remove(watcher)
+            if watcher is not None:
+                resource.hub.remove(watcher)
+            await writer.end()  # the terminating chunk (or close frame): a clean end
 
 
-async def _expired(handler: ReadHandler, opts: ListOptions, ws: WebSocketWatch | None) -> None:
-    """A negative timeoutSeconds: the API server's watch is past its deadline before it
-    starts, so it ends at once with no event; but a consistent start (no resourceVersion)
-    first waits for a fresh state, and that wait fails with an ERROR event."""
-    with contextlib.suppress(iostream.StreamClosedError, TimeoutError):
-        writer = await _start_stream(handler, ws, None)
-        if opts.resource_version is None and opts.send_initial_events:
-            status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure"}
-            status |= {"message": "context deadline exceeded", "reason": "InternalError"}
-            event = {"type": "ERROR", "object": status | {"code": 500}}
-            await writer.write(orjson.dumps(event) + b"\n", handler.resource.stall_timeout)
-    await _end(handler, ws)
-
-
-async def _start_stream(
-    handler: ReadHandler, ws: WebSocketWatch | None, watcher: Watcher | None
-) -> _BodyWriter | WebSocketWatch:
-    """Sends the head at once: a client waits for it before it counts the watch as open
-    (over WebSocket, the 101). Even when asked for ``application/json;stream=watch``,
-    kube-apiserver answers a JSON watch as plain ``application/json`` (it adds
-    ``;stream=watch`` only to protobuf)."""
-    if ws is not None:
-        return ws.accept(watcher)
-    handler.set_header("Content-Type", "application/json")
-    handler.set_header("Cache-Control", "no-cache, private")
-    await handler.flush()
-    return _BodyWriter(handler, watcher)
-
-
-async def _end(handler: ReadHandler, ws: WebSocketWatch | None) -> None:
-    if ws is not None:
-        await ws.end()
-    elif not handler._finished:
-        handler.finish()
-
-
-async def _within(write: Awaitable[None], stall: float) -> None:
+async def within(write: Awaitable[None], stall: float) -> None:
     """A write the client must take within ``stall`` seconds (TimeoutError otherwise).
 
     Shielded: tornado's own write future must not be cancelled (it would log the
@@ -179,8 +118,8 @@ async def _within(write: Awaitable[None], stall: float) -> None:
     await asyncio.wait_for(asyncio.shield(write), stall)
 
 
-async def _write_initial(
-    writer: _BodyWriter | WebSocketWatch, frames: Iterator[bytes], watcher: Watcher, stall: float
+async def write_initial(
+    writer: BodyWriter | WebSocketWriter, frames: Iterator[bytes], watcher: Watcher, stall: float
 ) -> None:
     """Writes about WRITE_BUDGET bytes per flush, building each batch only when the last one
     is out, so that a stalled or ended stream holds little, and stops as soon as the watch
@@ -199,55 +138,58 @@ async def _write_initial(
         await writer.write(b"".join(batch), stall)
 
 
-class _BodyWriter:
-    """Writes body bytes to the connection's stream, chunk-framed as tornado would."""
+class BodyWriter:
+    """Writes a watch's frames as the HTTP body, with the fast path the Hub calls."""
 
-    def __init__(self, handler: ReadHandler, watcher: Watcher | None) -> None:
-        conn = handler.request.connection
-        self.stream: iostream.IOStream = conn.stream  # type: ignore[union-attr]
-        # HTTP/1.0 clients get the raw body, ended by closing the connection.
-        self.chunked: bool = getattr(conn, "_chunking_output", True)
+    def __init__(self, out: Writer, watcher: Watcher | None) -> None:
+        self.out = out
         self.busy = False
         self.watcher = watcher  # None: a watch that ends at once (no fast path)
         # A fast-path write the socket did not take at once: the coroutine must see it
         # finish within the stall bound, even if no other event ever comes.
-        self.pending: asyncio.Future[None] | None = None
-
-    def _framed(self, data: bytes) -> bytes:
-        return b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data
+        self.pending: Awaitable[None] | None = None
 
     def try_write(self, frame: bytes) -> bool:
         """The fast path: only onto an idle stream, so nothing can overtake a queued frame."""
-        if self.busy or self.stream.closed() or self.stream.writing():
+        out = self.out
+        if self.busy or out.closed or not out.idle():
             return False
-        done = self.stream.write(self._framed(frame))
-        done.add_done_callback(_ignore_closed)
-        if not done.done():
-            self.pending = done
-            self.watcher.poke()  # type: ignore[union-attr]
+        done = out.write(frame)
+        if isinstance(done, asyncio.Future):
+            done.add_done_callback(ignore_closed)
+            if not done.done():
+                self.pending = done
+                self.watcher.poke()  # type: ignore[union-attr]
         return True
 
     async def settle(self, stall: float) -> None:
         """Waits, bounded, for a fast-path write still in the socket's buffer."""
         pending, self.pending = self.pending, None
-        if pending is not None and not pending.done():
-            await _within(pending, stall)
+        if pending is not None and not (isinstance(pending, asyncio.Future) and pending.done()):
+            await within(pending, stall)
 
     async def write(self, data: bytes, stall: float) -> None:
         self.busy = True
         try:
-            await _within(self.stream.write(self._framed(data)), stall)
+            await within(self.out.write(data), stall)
         finally:
             self.busy = False
 
+    def abort(self) -> None:
+        self.out.abort()
 
-def _ignore_closed(future: object) -> None:
+    async def end(self) -> None:
+        """The adapter ends the body (the terminating chunk) once the stream returns."""
+
+
+def ignore_closed(future: asyncio.Future[None]) -> None:
     """A fast-path write to a stream that closes later: the loop notices, nothing to report."""
-    future.exception()  # type: ignore[attr-defined]
+    if not future.cancelled():
+        future.exception()
 
 
-async def _stream(
-    writer: _BodyWriter | WebSocketWatch,
+async def stream(
+    writer: BodyWriter | WebSocketWriter,
     resource: CachedResource,
     watcher: Watcher,
     opts: ListOptions,

@@ -22,47 +22,70 @@ import base64
 import contextlib
 import hashlib
 import re
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from tornado import iostream, web
+from tornado import iostream
 
 from watchcache.kube.status import StatusError
+from watchcache.middleware.core import Headers, Request, Writer
 
 if TYPE_CHECKING:
     from watchcache.cache.hub import Watcher
-    from watchcache.http.context import ReadHandler
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ORIGIN = re.compile(r"^(/|[A-Za-z][A-Za-z0-9+.-]*:)[^\x00-\x20\x7f]*$")
 MAX_CLIENT_FRAME = 1 << 20  # what a client may send in one frame (it should send nothing)
 
 
-def is_websocket(handler: ReadHandler) -> bool:
+def is_websocket(request: Request) -> bool:
     """wsstream.IsWebSocketRequest."""
-    headers = handler.request.headers
-    upgrade = headers.get("Upgrade", "").lower() == "websocket"
+    headers = request.headers
+    upgrade = (headers.get("Upgrade") or "").lower() == "websocket"
     return upgrade and any("upgrade" in v.lower() for v in headers.get_list("Connection"))
 
 
-def websocket_watch(handler: ReadHandler) -> WebSocketWatch | None:
+def handshake(request: Request) -> Handshake | None:
     """None for a plain watch; the upgrade to serve for a WebSocket one; raises the
     handshake's refusal as a StatusError."""
-    if not is_websocket(handler):
+    if not is_websocket(request):
         return None
-    headers = handler.request.headers
-    if not headers.get("Sec-WebSocket-Key"):
+    headers = request.headers
+    key = headers.get("Sec-WebSocket-Key")
+    if not key:
         raise StatusError(400, "mismatch challenge/response")
     if headers.get("Sec-WebSocket-Version") != "13":
         raise StatusError(
             400, "missing or bad WebSocket Version", headers={"Sec-WebSocket-Version": "13"}
         )
-    offered = headers.get("Sec-WebSocket-Protocol", "").strip()
+    offered = (headers.get("Sec-WebSocket-Protocol") or "").strip()
     protocols = [p.strip() for p in offered.split(",")] if offered else []
-    if not _ORIGIN.match(headers.get("Origin", "")):
+    if not _ORIGIN.match(headers.get("Origin") or ""):
         raise StatusError(403, "the WebSocket handshake needs an Origin that is a URI")
     if len(protocols) > 1:
         raise StatusError(400, "more than one WebSocket subprotocol offered")
-    return WebSocketWatch(handler, protocols[0] if protocols else None)
+    return Handshake(key, protocols[0] if protocols else None)
+
+
+class Handshake:
+    """An accepted upgrade: the 101's headers, and the writer once the connection is ours."""
+
+    def __init__(self, key: str, protocol: str | None) -> None:
+        self.key = key
+        self.protocol = protocol
+
+    def headers(self) -> Headers:
+        accept = base64.b64encode(hashlib.sha1(self.key.encode() + _GUID).digest()).decode()
+        headers = Headers(
+            {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
+        )
+        if self.protocol:
+            headers["Sec-WebSocket-Protocol"] = self.protocol
+        return headers
+
+    def accept(self, out: Writer, watcher: Watcher | None) -> WebSocketWriter:
+        """Sends the 101 and takes the connection over from tornado (no await in between:
+        the stream is ours before tornado's loop can read from it again)."""
+        return WebSocketWriter(out.upgrade(), watcher)
 
 
 def _frame(opcode: int, payload: bytes) -> bytes:
@@ -81,45 +104,23 @@ def _messages(data: bytes) -> bytes:
     return b"".join(_frame(0x1, line + b"\n") for line in data.split(b"\n")[:-1])
 
 
-class WebSocketWatch:
+class WebSocketWriter:
     """The watch's writer once upgraded: the same ``try_write``/``write`` as the HTTP body
     writer, and ``end`` to close."""
 
-    def __init__(self, handler: ReadHandler, protocol: str | None) -> None:
-        self.handler = handler
-        self.protocol = protocol
-        self.stream: iostream.IOStream | None = None
+    def __init__(self, stream: iostream.IOStream, watcher: Watcher | None) -> None:
+        self.stream = stream
         self.busy = False
-        self.watcher: Watcher | None = None
-        self.pending: asyncio.Future[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    def accept(self, watcher: Watcher | None) -> WebSocketWatch:
-        """Sends the 101 and takes the connection over from tornado."""
-        h = self.handler
-        key = h.request.headers["Sec-WebSocket-Key"].encode()
-        h.clear()
-        h.set_status(101)
-        h.set_header("Upgrade", "websocket")
-        h.set_header("Connection", "Upgrade")
-        h.set_header("Sec-WebSocket-Accept", base64.b64encode(hashlib.sha1(key + _GUID).digest()))
-        if self.protocol:
-            h.set_header("Sec-WebSocket-Protocol", self.protocol)
-        # tornado's own finish (not the middleware's capture), and the stream is ours before
-        # tornado's loop can read from it again: no await in between.
-        web.RequestHandler.finish(cast(web.RequestHandler, h))  # h is a RequestHandler
-        self.stream = h.detach()
         self.watcher = watcher
+        self.pending: asyncio.Future[None] | None = None
         if watcher is not None:
-            watcher.on_overflow = self.stream.close
-        self._reader = asyncio.ensure_future(self._read(watcher))
-        return self
+            watcher.on_overflow = stream.close
+        self.reader: asyncio.Task[None] | None = asyncio.ensure_future(self.read(watcher))
 
-    async def _read(self, watcher: Watcher | None) -> None:
+    async def read(self, watcher: Watcher | None) -> None:
         """Reads the client's frames and drops them; a close or a lost connection ends the
         watch."""
         stream = self.stream
-        assert stream is not None
         try:
             while True:
                 head = await stream.read_bytes(2)
@@ -146,7 +147,7 @@ class WebSocketWatch:
         """The fast path, as the HTTP writer's: only onto an idle stream; a write the socket
         does not take at once is left for ``settle`` to bound."""
         stream = self.stream
-        if stream is None or self.busy or stream.closed() or stream.writing():
+        if self.busy or stream.closed() or stream.writing():
             return False
         done = stream.write(_messages(frame))
         done.add_done_callback(_ignore)
@@ -162,8 +163,6 @@ class WebSocketWatch:
             await asyncio.wait_for(asyncio.shield(pending), stall)
 
     async def write(self, data: bytes, stall: float) -> None:
-        if self.stream is None:
-            raise iostream.StreamClosedError()
         self.busy = True
         try:
             await asyncio.wait_for(self.stream.write(_messages(data)), stall)
@@ -172,19 +171,18 @@ class WebSocketWatch:
 
     def abort(self) -> None:
         """Drops the connection (a client that stopped reading gets no close frame)."""
-        if self.stream is not None:
-            self.stream.close()
+        self.stream.close()
 
     async def end(self) -> None:
         """The close frame (1000, normal closure), then the connection."""
         stream = self.stream
-        if stream is None or stream.closed():
+        if stream.closed():
             return
         with contextlib.suppress(iostream.StreamClosedError):
             await stream.write(_frame(0x8, (1000).to_bytes(2, "big")))
         stream.close()
-        if self._reader is not None:
-            self._reader.cancel()
+        if self.reader is not None:
+            self.reader.cancel()
 
 
 def _ignore(future: object) -> None:

@@ -4,6 +4,27 @@ See ``core`` for the protocol; the built-in KubeRay features are written on the 
 """
 
 from watchcache.kube.status import StatusError
-from watchcache.middleware.core import Middleware, Next, Request, Response, compose
+from watchcache.middleware.core import (
+    Endpoint,
+    Headers,
+    Middleware,
+    Next,
+    Request,
+    Response,
+    Stream,
+    Writer,
+    compose,
+)
 
-__all__ = ["Middleware", "Next", "Request", "Response", "StatusError", "compose"]
+__all__ = [
+    "Endpoint",
+    "Headers",
+    "Middleware",
+    "Next",
+    "Request",
+    "Response",
+    "StatusError",
+    "Stream",
+    "Writer",
+    "compose",
+]

@@ -1,11 +1,12 @@
 """Features: what a piece of behaviour needs of the server, declared in one value.
 
-A ``Feature`` names the resources it needs cached (beyond the served Ray resources) and
-builds its middleware once those caches exist, from a ``FeatureContext`` that hands it a
-store by spec and the upstream client. A middleware may answer routes of its own (a path
-no endpoint serves reaches the chain too, before its 404). The built-in KubeRay features
-below use exactly this API, nothing more; ``Server(settings, features=[...])`` takes any
-list of them, and ``features=[]`` serves the plain Ray resources alone.
+A ``Feature`` names the resources it needs cached (beyond the served Ray resources), builds
+its middleware once those caches exist, from a ``FeatureContext`` that hands it a store by
+spec and the upstream client, and may serve endpoints of its own (``async (Request) ->
+Response`` on a path pattern, inside the middleware chain like every endpoint). The
+built-in KubeRay features below use exactly this API, nothing more;
+``Server(settings, features=[...])`` takes any list of them, and ``features=[]`` serves the
+plain Ray resources alone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from watchcache.config import FEATURES
 from watchcache.kube.resources import ResourceSpec
-from watchcache.middleware.core import Middleware
+from watchcache.middleware.core import Endpoint, Middleware
 from watchcache.middleware.kuberay import (
     KUBERAY_SERVICES,
     RAY_EVENTS,
@@ -50,11 +51,13 @@ class FeatureContext(Protocol):
 
 @dataclass(frozen=True, kw_only=True)
 class Feature:
-    """One feature: its name, the resources it needs cached, its middleware."""
+    """One feature: its name, the resources it needs cached, its middleware, its endpoints."""
 
     name: str
     resources: tuple[ResourceSpec, ...] = ()
     middleware: Callable[[FeatureContext], Middleware] | None = None
+    # (path pattern, endpoint) pairs the feature serves itself, built once caches exist.
+    endpoints: Callable[[FeatureContext], Sequence[tuple[str, Endpoint]]] | None = None
     # Path patterns (regular expressions) the feature's middleware answers or gates and
     # that then go through to the API server, like any write.
     forwards: tuple[str, ...] = ()

@@ -8,12 +8,11 @@ import re
 from typing import Any
 
 import yaml
-from tornado import httputil
 
 from watchcache.cache.store import Store
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, method_not_allowed
-from watchcache.middleware.core import Next, Request, Response
+from watchcache.middleware.core import Headers, Next, Request, Response
 
 # Only events about Ray resources are ever cached: the limit is the cache's own upstream
 # selector, so no user selector can widen it.
@@ -170,7 +169,7 @@ class Cors:
 
     async def __call__(self, request: Request, call_next: Next) -> Response:
         if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-            headers = httputil.HTTPHeaders()
+            headers = Headers()
             headers["Access-Control-Allow-Methods"] = self.METHODS
             asked = request.headers.get("Access-Control-Request-Headers")
             headers["Access-Control-Allow-Headers"] = asked or "Content-Type, Authorization"

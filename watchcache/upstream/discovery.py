@@ -253,6 +253,9 @@ class Document:
     def etag(self) -> str | None:
         return self.headers.get("ETag")
 
+    def keep_gzip(self, zipped: bytes) -> None:
+        self.gzipped = zipped
+
 
 _KEEP_HEADERS = ("Content-Type", "Cache-Control", "Vary", "Last-Modified", "Expires")
 

@@ -1,0 +1,78 @@
+"""The endpoints outside the middleware chain (health, readiness, metrics) and the two that
+answer what no route serves: 404 for an unknown path, 400 for one Go cannot decode."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from watchcache.http.adapter import Route, as_get
+from watchcache.kube.status import StatusError, not_found_path
+from watchcache.middleware.core import Headers, Request, Response
+
+if TYPE_CHECKING:
+    from watchcache.http.context import Context
+
+TEXT = "text/plain; charset=utf-8"
+
+
+def text(body: bytes, status: int = 200, content_type: str = TEXT) -> Response:
+    return Response(status=status, headers=Headers({"Content-Type": content_type}), body=body)
+
+
+async def healthy(request: Request) -> Response:
+    """``/healthz`` and ``/livez``: the process answers."""
+    return text(b"ok")
+
+
+class Ready:
+    """``/readyz``: ready once every cache has synced (at once in pass-through mode), and not
+    while a synced cache is known to be behind (its watch restarting, or a re-list)."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def __call__(self, request: Request) -> Response:
+        ctx = self.context
+        waiting = ctx.not_ready()
+        waiting += [f"{r.name} behind: {r.behind}" for r in ctx.reflectors if r.lists and r.behind]
+        if waiting:
+            return text(("not ready: " + ", ".join(waiting)).encode(), 503)
+        return text(b"ok")
+
+
+class Metrics:
+    """``/metrics``: Prometheus text."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def __call__(self, request: Request) -> Response:
+        from watchcache.metrics import render
+
+        body = render(self.context, self.context.requests)
+        return text(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def not_found(request: Request) -> Response:
+    """Every path watchcache does not serve: a 404 Status, as the KubeRay APIServer gives
+    (after the middleware, which may answer such paths themselves)."""
+    raise not_found_path()
+
+
+async def bad_path(request: Request) -> Response:
+    """A path with an escape that does not decode: Go's server refuses it with a 400."""
+    raise StatusError(400, "malformed HTTP request: the path has an invalid escape")
+
+
+def health_routes(context: Context) -> list[tuple[str, Route]]:
+    """Paths kube-apiserver answers the same whatever the method, outside the chain."""
+    return [
+        (r"/healthz", Route(healthy, other=as_get, chained=False)),
+        (r"/livez", Route(healthy, other=as_get, chained=False)),
+        (r"/readyz", Route(Ready(context), other=as_get, chained=False)),
+        (r"/metrics", Route(Metrics(context), other=as_get, chained=False)),
+    ]
+
+
+NOT_FOUND = Route(not_found, other=lambda request: None)  # any method: the 404, after the chain
+BAD_PATH = Route(bad_path, chained=False)
