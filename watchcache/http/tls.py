@@ -20,22 +20,33 @@ Two pieces, wired by the server's ``handle_stream``:
 
 Client certificates, and why an unknown CA fails the handshake. With a client CA the server
 asks for a certificate but does not require one (``CERT_OPTIONAL``): a client without one is
-served and stays anonymous to x509 authentication; a certificate that verifies against the CA
-is readable by the application with ``stream.socket.getpeercert()``. kube-apiserver asks for a
-certificate without verifying it during the handshake (Go's ``RequestClientCert``) and
-answers 401 to one it does not trust. Python's ``ssl`` cannot do that: ``CERT_OPTIONAL``
-verifies any certificate the client sends and fails the handshake on an unknown CA,
-``CERT_NONE`` never asks for a certificate (so there is nothing for
-``getpeercert(binary_form=True)`` to return), and the standard library exposes no
-verification callback through which the application could accept the handshake and judge
-the certificate later (OpenSSL's ``SSL_CTX_set_verify`` callback is reachable only through
-ctypes and CPython's private object layout). So a certificate from another CA (or expired,
-or not for client use) ends in a TLS alert, ``unknown_ca`` for another CA: with TLS 1.3 the
-client's handshake completes and the alert arrives on its first read (curl: exit 56, "tlsv1
-alert unknown ca"; Python: ``ssl.SSLError`` TLSV1_ALERT_UNKNOWN_CA; Go and kubectl: "remote
-error: tls: unknown certificate authority"); with TLS 1.2 the handshake itself fails with the
-same alert. The client learns the same thing as from a 401 (its certificate is not
-accepted) but not as an HTTP ``Status``.
+served (anonymous to x509 authentication; ``getpeercert()`` is ``None``), and one that
+verifies against the CA is readable by the application with ``stream.socket.getpeercert()``.
+kube-apiserver asks without verifying during the handshake (Go's ``RequestClientCert``) and
+answers 401 to a certificate it does not trust. Python's ``ssl`` has no such mode:
+
+- ``CERT_OPTIONAL`` (used here) verifies whatever the client sends, and a failure ends the
+  handshake with a TLS alert;
+- ``CERT_NONE`` sends no certificate request, so a client sends none and
+  ``getpeercert(binary_form=True)`` is ``None``: nothing for the application to judge;
+- the standard library has neither a verification callback nor an X.509 path validation of
+  its own, so the application can neither accept the handshake and judge later, nor check a
+  DER chain itself. OpenSSL's callback (``SSL_CTX_set_verify``) can be reached through
+  ctypes by reading the ``SSL_CTX`` pointer out of CPython's private ``SSLContext`` layout;
+  that works, but then ``getpeercert()`` returns the unverified subject (any CN, any O, such
+  as ``system:masters``) exactly as it returns a verified one, a trap for every reader of
+  the certificate, on top of depending on CPython internals. Not done.
+
+So a certificate from another CA (likewise an expired one, or one not for client use) gets
+an alert, ``unknown_ca`` for another CA. With TLS 1.2 the client's handshake fails (curl:
+exit 35, "tlsv1 alert unknown ca"; Python: ``ssl.SSLError`` TLSV1_ALERT_UNKNOWN_CA). With
+TLS 1.3 the client's side of the handshake has finished when the server verifies, so the
+alert arrives on its first read (curl: exit 56, "tlsv1 alert unknown ca"; kubectl: "Unable
+to connect to the server: remote error: tls: unknown certificate authority"), or, when its
+request crosses the server's close, as an end of connection (``SSLEOFError``, a reset). The
+client learns what a 401 would tell it (its certificate is not accepted), not as a
+``Status``. The server logs it through tornado, one warning line per handshake naming the
+peer and OpenSSL's reason (CERTIFICATE_VERIFY_FAILED), nothing of the certificate.
 """
 
 from __future__ import annotations
@@ -143,10 +154,9 @@ class ServingCertificate:
             # The reason only (an errno text or OpenSSL's reason code): never file contents.
             reason = getattr(err, "reason", None) or getattr(err, "strerror", None)
             log.warning(
-                "TLS: %s and %s changed but do not load (%s: %s); still serving the"
-                " certificate loaded before",
-                self.cert_file,
-                self.key_file,
+                "TLS: %s changed but do not load (%s: %s); still serving the certificate"
+                " loaded before",
+                ", ".join(self._paths()),
                 type(err).__name__,
                 reason or "unreadable",
             )
@@ -156,15 +166,18 @@ class ServingCertificate:
         log.info("TLS: reloaded the serving certificate from %s", self.cert_file)
         return self._context
 
+    def _paths(self) -> list[str]:
+        paths = [self.cert_file, self.key_file]
+        if self.client_ca_file is not None:
+            paths.append(self.client_ca_file)
+        return paths
+
     def _signature(self) -> _Signature:
         """What identifies the files' contents without reading them: a rename (the usual
         atomic rotation, and how a Kubernetes Secret volume updates) changes the inode, an
         in-place write the size or the modification time."""
-        paths = [self.cert_file, self.key_file]
-        if self.client_ca_file is not None:
-            paths.append(self.client_ca_file)
         out: list[tuple[int, int, int] | None] = []
-        for path in paths:
+        for path in self._paths():
             try:
                 st = os.stat(path)
             except OSError:
