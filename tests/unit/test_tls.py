@@ -22,7 +22,7 @@ import subprocess
 import threading
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from support import devcerts
 from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 from tornado.web import Application, RequestHandler
@@ -118,14 +118,46 @@ class Root(RequestHandler):
         self.write('{"paths":["/api","/apis","/version"]}')
 
 
+class Version(RequestHandler):
+    """A /version answer the kubernetes Python client can parse."""
+
+    def get(self) -> None:
+        fields = ["buildDate", "compiler", "gitCommit", "gitTreeState", "goVersion", "platform"]
+        info = {"major": "1", "minor": "36", "gitVersion": "v1.36.3", **dict.fromkeys(fields, "-")}
+        self.write(info)
+
+
+class StreamType(RequestHandler):
+    def get(self) -> None:
+        self.write(type(self.request.connection.stream).__name__)  # type: ignore[union-attr]
+
+
+class OwnStream(SSLIOStream):
+    """A server's own stream class, as ``make_stream`` builds it."""
+
+
 class Harness(TCPServer):
-    def __init__(self, tls: ServingCertificate, timeout: float) -> None:
+    def __init__(
+        self,
+        tls: ServingCertificate | ssl.SSLContext,
+        timeout: float,
+        make_stream: Callable[[ssl.SSLSocket], SSLIOStream] | None = None,
+    ) -> None:
         super().__init__()
-        self.tls, self.timeout = tls, timeout
-        self.app = Application([("/", Ok), ("/whoami", WhoAmI), ("/port", Port), ("/kube", Root)])
+        self.tls, self.timeout, self.make_stream = tls, timeout, make_stream
+        self.app = Application(
+            [
+                ("/", Ok),
+                ("/whoami", WhoAmI),
+                ("/port", Port),
+                ("/kube", Root),
+                ("/version/?", Version),
+                ("/stream", StreamType),
+            ]
+        )
 
     async def handle_stream(self, stream: IOStream, address: tuple[Any, ...]) -> None:
-        tls = await accept_tls(stream, self.tls, self.timeout)
+        tls = await accept_tls(stream, self.tls, self.timeout, make_stream=self.make_stream)
         if tls is None:
             return
         conn = HTTP1ServerConnection(tls, HTTP1ConnectionParameters(), _Context(address))
@@ -135,13 +167,18 @@ class Harness(TCPServer):
 class Running:
     """The harness on a free loopback port, on an event loop of its own thread."""
 
-    def __init__(self, tls: ServingCertificate, timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        tls: ServingCertificate | ssl.SSLContext,
+        timeout: float = HANDSHAKE_TIMEOUT,
+        make_stream: Callable[[ssl.SSLSocket], SSLIOStream] | None = None,
+    ) -> None:
         self.tls = tls
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
 
         async def start() -> None:
-            self.server = Harness(tls, timeout)
+            self.server = Harness(tls, timeout, make_stream)
             socks = bind_sockets(0, "127.0.0.1")
             self.port = socks[0].getsockname()[1]
             self.server.add_sockets(socks)
@@ -310,6 +347,28 @@ def test_kubectl_completes_the_handshake(serving: Running, certs: Certs, tmp_pat
     assert ["commonName", "alice"] in json.loads(out.stdout)["subject"][0]
 
 
+def test_the_kubernetes_python_client_over_https(serving: Running, certs: Certs) -> None:
+    import kubernetes.client
+
+    config = kubernetes.client.Configuration()
+    config.host = serving.url
+    config.ssl_ca_cert = str(certs.dev.ca_file)
+    with kubernetes.client.ApiClient(config) as api:
+        assert kubernetes.client.VersionApi(api).get_code().git_version == "v1.36.3"
+
+
+def test_a_plain_context_and_a_stream_class_of_the_servers_own(certs: Certs) -> None:
+    ctx = server_context(str(certs.dev.cert_file), str(certs.dev.key_file))
+    running = Running(ctx, make_stream=lambda sock: OwnStream(sock, max_buffer_size=1 << 20))
+    try:
+        with urllib.request.urlopen(
+            f"{running.url}/stream", context=client_context(certs), timeout=CLIENT_TIMEOUT
+        ) as resp:
+            assert resp.read() == b"OwnStream"
+    finally:
+        running.stop()
+
+
 # ---- client certificates -----------------------------------------------------------------
 def test_a_client_certificate_of_the_ca_is_seen_by_the_application(
     serving: Running, certs: Certs
@@ -393,6 +452,18 @@ def test_plain_http_with_curl(serving: Running) -> None:
 def test_a_client_that_sends_nothing_is_dropped(impatient: Running) -> None:
     with raw(impatient) as sock:
         assert read_to_eof(sock) == b""  # closed by the server, before CLIENT_TIMEOUT
+
+
+def test_silent_clients_do_not_hold_up_the_others(serving: Running, certs: Certs) -> None:
+    silent = [raw(serving) for _ in range(20)]  # each waits out its own handshake timeout
+    try:
+        with urllib.request.urlopen(
+            f"{serving.url}/", context=client_context(certs), timeout=CLIENT_TIMEOUT
+        ) as resp:
+            assert resp.read() == b"ok"
+    finally:
+        for sock in silent:
+            sock.close()
 
 
 def test_a_handshake_that_stops_halfway_is_dropped(impatient: Running) -> None:

@@ -133,10 +133,6 @@ class ServingCertificate:
         self.reloads = 0  # successful reloads, for metrics and tests
         self.failures = 0  # changes of the files that did not load
 
-    @property
-    def asks_for_client_certificates(self) -> bool:
-        return self.client_ca_file is not None
-
     def context(self) -> ssl.SSLContext:
         """The context for a connection being accepted now."""
         now = self._clock()
@@ -214,6 +210,9 @@ async def accept_tls(
     except TimeoutError:
         stream.close()
         return None
+    except asyncio.CancelledError:  # the server is stopping
+        stream.close()
+        raise
     if first[:1] != bytes([_TLS_HANDSHAKE_RECORD]):
         if first[:1].isalpha():  # a request line's method: plain HTTP
             await _refuse(stream)
@@ -240,6 +239,9 @@ async def accept_tls(
         # OpenSSL's reason); a timed-out one only counts as closed.
         tls.close()
         return None
+    except asyncio.CancelledError:
+        tls.close()
+        raise
     return tls
 
 
