@@ -195,11 +195,18 @@ class Running:
         self.url = f"https://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        def halt() -> None:
-            self.server.stop()
-            self.loop.stop()
+        """Stops listening and cancels the connections still being accepted (accept_tls
+        closes their sockets), so no task is left pending when the loop closes."""
 
-        self.loop.call_soon_threadsafe(halt)
+        async def halt() -> list[Any]:
+            self.server.stop()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            return await asyncio.gather(*others, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(halt(), self.loop).result(CLIENT_TIMEOUT)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(CLIENT_TIMEOUT)
         self.loop.close()
 
