@@ -13,10 +13,11 @@ Two pieces, wired by the server's ``handle_stream``:
   it, before any byte is read, and looks at its first byte without consuming it: a TLS
   record (0x16) is upgraded to an ``SSLIOStream`` and returned once the handshake is done; a
   plain HTTP request gets kube-apiserver's answer (``HTTP/1.0 400 Bad Request``, body
-  ``Client sent an HTTP request to an HTTPS server.``) rather than a hang or a reset;
-  anything else is closed. Looking and handshaking together are bounded by
-  ``handshake_timeout``, so a client that connects and says nothing, or stops mid-handshake,
-  does not hold a descriptor.
+  ``Client sent an HTTP request to an HTTPS server.``) rather than a hang or a reset (Go
+  recognizes only GET, HEAD, POST, PUT and OPTIONS and closes on PATCH or DELETE; here any
+  first byte that is a letter, as a method's is, gets the answer); anything else is closed.
+  Looking and handshaking together are bounded by ``handshake_timeout``, so a client that
+  connects and says nothing, or stops mid-handshake, does not hold a descriptor.
 
 Client certificates, and why an unknown CA fails the handshake. With a client CA the server
 asks for a certificate but does not require one (``CERT_OPTIONAL``): a client without one is
