@@ -435,9 +435,10 @@ def test_a_client_certificate_of_another_ca_ends_in_a_tls_alert(
 
 # ---- clients that do not speak TLS -------------------------------------------------------
 def test_plain_http_gets_kube_apiservers_400(serving: Running) -> None:
-    with raw(serving) as sock:
-        sock.sendall(b"GET /api HTTP/1.1\r\nHost: x\r\nUser-Agent: test\r\n\r\n")
-        assert read_to_eof(sock) == PLAIN_HTTP_ANSWER
+    for line in (b"GET /api", b"PATCH /apis/ray.io/v1/x", b"DELETE /api/v1/y"):
+        with raw(serving) as sock:
+            sock.sendall(line + b" HTTP/1.1\r\nHost: x\r\nUser-Agent: test\r\n\r\n")
+            assert read_to_eof(sock) == PLAIN_HTTP_ANSWER
     assert PLAIN_HTTP_ANSWER == (
         b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
     )
