@@ -23,7 +23,7 @@ from support.controlplane import ControlPlane
 
 from watchcache.auth.authz import SubjectAccessReviewAuthorizer, check
 from watchcache.auth.impersonation import Impersonation, impersonation_headers
-from watchcache.auth.user import UserInfo
+from watchcache.auth.user import ANONYMOUS_USER, UserInfo
 from watchcache.kube.attributes import Attributes, request_attributes
 from watchcache.kube.status import StatusError
 from watchcache.upstream.client import Upstream, load_credentials
@@ -55,7 +55,8 @@ def direct(cp: ControlPlane, method: str, path: str, token: str, headers: Header
     )
     try:
         conn.putrequest(method, path, skip_accept_encoding=True)
-        conn.putheader("Authorization", f"Bearer {token}")
+        if token:  # none: the anonymous user
+            conn.putheader("Authorization", f"Bearer {token}")
         conn.putheader("Accept", "application/json")
         body = b""
         if method in ("POST", "PUT", "PATCH"):
@@ -207,6 +208,7 @@ def people(controlplane: ControlPlane) -> Iterator[dict[str, Who]]:
     _bind(cp, None, "wc-authz-reader", "wc-authz-reader", _sa("reader", A))
     _bind(cp, B, "dangling", "wc-authz-missing", {"kind": "User", "name": LIMITED.name})
     people = {label: Who(label, token, whoami(cp, token)) for label, token in tokens.items()}
+    people["anonymous"] = Who("anonymous", "", ANONYMOUS_USER)
     # RBAC sees new bindings through an informer: wait until the last one is in effect.
     wait_until(
         lambda: direct(cp, "GET", f"{RAY}/rayclusters", tokens["reader"]).code == 200,
@@ -288,7 +290,9 @@ def _authorizer(
     return SubjectAccessReviewAuthorizer(upstream, allow_ttl=allow_ttl, deny_ttl=deny_ttl)
 
 
-@pytest.mark.parametrize("label", ["admin", "nobody", "viewer-a", "editor-b", "reader"])
+@pytest.mark.parametrize(
+    "label", ["admin", "nobody", "viewer-a", "editor-b", "reader", "anonymous"]
+)
 def test_decisions_and_403s_are_kube_apiservers(
     controlplane: ControlPlane, people: dict[str, Who], label: str
 ) -> None:
@@ -335,6 +339,8 @@ def test_the_write_headers_make_kube_see_exactly_the_caller(
     controlplane: ControlPlane, people: dict[str, Who]
 ) -> None:
     for who in people.values():
+        if not who.token:
+            continue  # an anonymous request cannot review itself
         seen = whoami(controlplane, controlplane.admin.token, impersonation_headers(who.user))
         assert seen == who.user
     odd = UserInfo.of("x", "u", ["g", "system:authenticated"], {"example.org/Mixed Case%": ["1"]})
