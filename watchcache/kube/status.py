@@ -57,7 +57,7 @@ class StatusError(Exception):
             "message": self.message,
             "reason": self.reason,
         }
-        if self.details:
+        if self.details is not None:  # an empty {} is written: a 403 on a path has one
             body["details"] = self.details
         body["code"] = self.code
         return body
