@@ -230,14 +230,15 @@ class TokenAuthenticator(ABC):
 
 # ---- client certificates ----------------------------------------------------------------
 
-# Python's names for the subject attributes kube-apiserver reads: CN, O, and the LDAP UID
-# (0.9.2342.19200300.100.1.1) that kube-apiserver takes as the user's uid.
-_CN, _O, _UID = "commonName", "organizationName", "userId"
+# The subject attributes kube-apiserver reads, as getpeercert() names them: CN, O, and
+# Kubernetes' own UID attribute (1.3.6.1.4.1.57683.2, which OpenSSL has no name for).
+_CN, _O, _UID = "commonName", "organizationName", "1.3.6.1.4.1.57683.2"
 
 
 class X509Authenticator:
-    """A verified client certificate's subject: CN the user name, each O a group, the UID
-    attribute (when there is exactly one) the uid; as kube-apiserver's ``--client-ca-file``.
+    """A verified client certificate's subject: CN the user name, each O a group, the
+    Kubernetes UID attribute the uid, the DER's SHA-256 the credential-id extra; as
+    kube-apiserver's ``--client-ca-file``.
 
     The certificate must already be verified against the client CA by the TLS layer; this
     only maps it. A certificate without a CN is no credential (anonymous), as in
