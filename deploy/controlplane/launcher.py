@@ -158,6 +158,9 @@ class ControlPlane:
     extra_users: list[User] = field(default_factory=list)
     apiserver_args: list[str] = field(default_factory=list)
     install_crds: bool = True
+    # kube-apiserver's audit log (AUDIT_POLICY). It costs kube-apiserver a little on every
+    # Ray request: a benchmark of kube-apiserver itself may want it off.
+    audit: bool = True
 
     def __post_init__(self) -> None:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -394,10 +397,16 @@ class ControlPlane:
                 f"--tls-private-key-file={d / 'serving.key'}",
                 f"--token-auth-file={d / 'tokens.csv'}",
                 f"--client-ca-file={self.client_ca_file}",
-                f"--audit-policy-file={d / 'audit-policy.json'}",
-                f"--audit-log-path={audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
+                *(
+                    [
+                        f"--audit-policy-file={d / 'audit-policy.json'}",
+                        f"--audit-log-path={audit_log}",
+                        "--audit-log-format=json",
+                        "--audit-log-mode=blocking",
+                    ]
+                    if self.audit
+                    else []
+                ),
                 "--authorization-mode=RBAC",
                 f"--service-account-key-file={d / 'sa.pub'}",
                 f"--service-account-signing-key-file={d / 'sa.key'}",
