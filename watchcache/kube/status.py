@@ -104,3 +104,10 @@ def expired(message: str) -> StatusError:
 
 def internal(message: str) -> StatusError:
     return StatusError(500, message)
+
+
+def unauthorized() -> StatusError:
+    """kube-apiserver's one answer to any credential it does not accept (and, with anonymous
+    authentication off, to no credential): the same body whatever the cause, so that a
+    client learns nothing about why."""
+    return StatusError(401, "Unauthorized")
