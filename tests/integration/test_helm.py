@@ -256,6 +256,21 @@ def test_default_rendering_passes_a_server_dry_run(helm: Path, controlplane: Con
     )
     out = kubectl(controlplane, "apply", "--dry-run=server", "-f", "-", stdin=rendered)
     assert out.count("(server dry run)") == len(kinds), out
+    # helm's own install path too (its client against this API server, and the NOTES).
+    notes = run(
+        [
+            helm,
+            "install",
+            "wc",
+            CHART,
+            "--namespace",
+            "wc-helm-default",
+            "--dry-run=server",
+            "--kubeconfig",
+            controlplane.kubeconfig,
+        ]
+    )
+    assert "STATUS: pending-install" in notes and "No authentication is configured" in notes
 
 
 @pytest.fixture
@@ -299,6 +314,30 @@ def test_everything_on_rendering_passes_a_server_dry_run(
     assert out.count("(server dry run)") == len(docs), out
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"authentication": ["token-file"]}, "tokenFile.secretName is required"),
+        ({"authentication": ["x509"], "tls": {"secretName": "t"}}, "clientCA.secretName or"),
+        ({"authentication": ["password"]}, 'unknown mode "password"'),
+        ({"authorization": "rbac"}, "authorization must be none or kubernetes"),
+        ({"impersonation": "sometimes"}, "impersonation must be auto, true or false"),
+    ],
+)
+def test_inconsistent_values_are_refused_with_a_reason(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    proc = subprocess.run(
+        [str(helm), "template", "wc", str(CHART), "--values", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+
+
 def test_default_values_pass_no_flag_that_todays_binary_lacks(helm: Path) -> None:
     args = deployment_args(documents(template(helm, "wc", "wc-helm-default")))
     help_text = run([sys.executable, "-m", "watchcache", "serve", "--help"])
@@ -312,14 +351,23 @@ Mutate = Callable[[list[dict[str, Any]]], None]
 
 
 def chart_identity(
-    cp: ControlPlane, helm: Path, tmp: Path, release: str, mutate: Mutate | None = None
-) -> tuple[Path, list[dict[str, Any]], str]:
-    """Applies the chart's ServiceAccount and RBAC (default values) for real, in a namespace
-    of their own, and returns a kubeconfig carrying a TokenRequest token of that account,
-    the objects (to delete later) and the Deployment's arguments."""
+    cp: ControlPlane,
+    helm: Path,
+    tmp: Path,
+    release: str,
+    values: dict[str, Any] | None = None,
+    mutate: Mutate | None = None,
+) -> tuple[Path, list[dict[str, Any]], list[str]]:
+    """Applies the chart's ServiceAccount and RBAC for real, in a namespace of their own, and
+    returns a kubeconfig carrying a TokenRequest token of that account, the objects (to
+    delete later) and the Deployment's arguments."""
     namespace = f"{release}-system"
     ensure_namespaces(cp, namespace)
-    docs = documents(template(helm, release, namespace))
+    values_file = None
+    if values is not None:
+        values_file = tmp / f"{release}-values.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+    docs = documents(template(helm, release, namespace, values_file))
     objects = [d for d in docs if d["kind"] in RBAC_KINDS]
     if mutate is not None:
         mutate(objects)
@@ -404,18 +452,29 @@ def quickstart(proxy: Proxy, name: str, timeout: float) -> None:
     assert code == 404, f"get after delete: {code} {body}"
 
 
+@pytest.mark.parametrize(
+    ("release", "values"),
+    [
+        pytest.param("wc-rbac", None, id="all-namespaces-clusterrole"),
+        pytest.param("wc-rbac-ns", {"namespaces": [QUICKSTART_NS]}, id="one-namespace-role"),
+    ],
+)
 def test_the_charts_rbac_is_enough_for_the_quickstart(
     helm: Path,
     controlplane: ControlPlane,
     proxy_factory: Callable[..., Proxy],
     tmp_path: Path,
+    release: str,
+    values: dict[str, Any] | None,
 ) -> None:
     ensure_namespaces(controlplane, QUICKSTART_NS)
-    kubeconfig, objects, chart_args = chart_identity(controlplane, helm, tmp_path, "wc-rbac")
+    kubeconfig, objects, chart_args = chart_identity(controlplane, helm, tmp_path, release, values)
+    kinds = {o["kind"] for o in objects}
+    assert ("Role" in kinds) == (values is not None), kinds
     try:
         # The Deployment's own arguments (today's binary accepts them all), the SA's token.
         proxy = proxy_factory("--kubeconfig", str(kubeconfig), *serve_args(chart_args))
-        quickstart(proxy, "helm-enough", timeout=30)
+        quickstart(proxy, f"{release}-quickstart", timeout=30)
     finally:
         delete_objects(controlplane, objects)
 
@@ -443,7 +502,7 @@ def test_one_rule_short_the_quickstart_fails(
 ) -> None:
     ensure_namespaces(controlplane, QUICKSTART_NS)
     kubeconfig, objects, chart_args = chart_identity(
-        controlplane, helm, tmp_path, "wc-nowatch", without_watch_on_rayclusters
+        controlplane, helm, tmp_path, "wc-nowatch", mutate=without_watch_on_rayclusters
     )
     try:
         proxy = proxy_factory(
