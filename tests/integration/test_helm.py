@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import pytest
 import yaml
+from conftest import stop_proxy
 from differential import wait_until
 from support.controlplane import ControlPlane, User
 from watchclient import WatchStream
@@ -230,7 +231,7 @@ def test_helm_lint_is_clean(helm: Path, everything_on: Path) -> None:
         assert "[WARNING]" not in out and "[ERROR]" not in out, out
 
 
-def test_plain_manifests_are_the_charts_rendering(tmp_path: Path) -> None:
+def test_plain_manifests_are_the_charts_rendering(helm: Path, tmp_path: Path) -> None:
     """deploy/kubernetes/*.yaml are generated from the chart; a chart change regenerates them."""
     run(["bash", REPO / "deploy" / "helm" / "manifests.sh", tmp_path])
     for name in ("watchcache.yaml", "security-rbac.yaml"):
@@ -281,7 +282,7 @@ def service_monitor_crd(controlplane: ControlPlane) -> Iterator[None]:
         kubectl(controlplane, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=30s")
         yield
     finally:
-        kubectl(controlplane, "delete", f"crd/{name}", "--ignore-not-found", "--wait=false")
+        kubectl(controlplane, "delete", f"crd/{name}", "--ignore-not-found", "--timeout=30s")
 
 
 def test_everything_on_rendering_passes_a_server_dry_run(
@@ -347,6 +348,15 @@ def test_default_values_pass_no_flag_that_todays_binary_lacks(helm: Path) -> Non
 
 # ---- RBAC: sufficient as rendered, insufficient one rule short ------------------------------
 QUICKSTART_NS = "wc-helm-quickstart"
+# The options that today's watchcache already has, all on.
+TODAYS_OPTIONS: dict[str, Any] = {
+    "namespaces": [QUICKSTART_NS],
+    "corsAllowOrigin": "https://dashboard.example",
+    "defaults": {"all": {"metadata": {"labels": {"team": "ray"}}}},
+    "features": ["cors", "ray-events", "service-proxy", "defaults", "compute-templates"],
+    "shutdownGrace": 5,
+    "extraArgs": ["--retries", "2"],
+}
 Mutate = Callable[[list[dict[str, Any]]], None]
 
 
@@ -360,7 +370,8 @@ def chart_identity(
 ) -> tuple[Path, list[dict[str, Any]], list[str]]:
     """Applies the chart's ServiceAccount and RBAC for real, in a namespace of their own, and
     returns a kubeconfig carrying a TokenRequest token of that account, the objects (to
-    delete later) and the Deployment's arguments."""
+    delete later) and the arguments to run `watchcache serve` with: the Deployment's, on
+    loopback, with the chart's defaults ConfigMap written to a local file."""
     namespace = f"{release}-system"
     ensure_namespaces(cp, namespace)
     values_file = None
@@ -388,7 +399,11 @@ def chart_identity(
     token = json.loads(body)["status"]["token"]
     user = User(f"system:serviceaccount:{namespace}:{account}", token)
     kubeconfig = cp.write_kubeconfig(tmp / f"{release}.kubeconfig", user)
-    return kubeconfig, objects, deployment_args(docs)
+    defaults_file = tmp / f"{release}-defaults.yaml"
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-defaults"):
+            defaults_file.write_text(doc["data"]["defaults.yaml"])
+    return kubeconfig, objects, serve_args(deployment_args(docs), defaults_file)
 
 
 def delete_objects(cp: ControlPlane, objects: list[dict[str, Any]]) -> None:
@@ -396,10 +411,12 @@ def delete_objects(cp: ControlPlane, objects: list[dict[str, Any]]) -> None:
     kubectl(cp, "delete", "--ignore-not-found", "--wait=false", "-f", "-", stdin=listed)
 
 
-def serve_args(chart_args: list[str]) -> list[str]:
-    """The Deployment's arguments, on loopback: start_proxy picks the port and log level."""
+def serve_args(chart_args: list[str], defaults_file: Path | None = None) -> list[str]:
+    """The Deployment's arguments, on loopback: start_proxy picks the port and log level,
+    and the defaults file the chart mounts from its ConfigMap is ``defaults_file`` here."""
     dropped = ("--bind", "--port", "--log-level")
-    return [a for a in chart_args[1:] if a.split("=")[0] not in dropped]
+    out = [a for a in chart_args[1:] if a.split("=")[0] not in dropped]
+    return [f"--defaults={defaults_file}" if a.startswith("--defaults=") else a for a in out]
 
 
 def raycluster(name: str) -> dict[str, Any]:
@@ -418,13 +435,14 @@ def raycluster(name: str) -> dict[str, Any]:
     }
 
 
-def quickstart(proxy: Proxy, name: str, timeout: float) -> None:
+def quickstart(proxy: Proxy, name: str, timeout: float) -> dict[str, Any]:
     """The README's quickstart through watchcache: create, get, list with a selector, watch
-    (an event seen), patch, delete. Raises AssertionError at the first step that fails."""
+    (an event seen), patch, delete. Raises AssertionError at the first step that fails;
+    returns the object as created."""
     base = f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters"
     selector = "labelSelector=" + quote("app=helm-quickstart")
-    code, body = proxy.json("POST", base, raycluster(name))
-    assert code == 201, f"create: {code} {body}"
+    code, created = proxy.json("POST", base, raycluster(name))
+    assert code == 201, f"create: {code} {created}"
     code, body = proxy.json("GET", f"{base}/{name}")
     assert code == 200 and body["metadata"]["name"] == name, f"get: {code} {body}"
     code, body = proxy.json("GET", f"{base}?{selector}")
@@ -450,13 +468,15 @@ def quickstart(proxy: Proxy, name: str, timeout: float) -> None:
         watch.read_until(lambda e: e["type"] == "DELETED", timeout=timeout)
     code, body = proxy.json("GET", f"{base}/{name}")
     assert code == 404, f"get after delete: {code} {body}"
+    return created
 
 
 @pytest.mark.parametrize(
     ("release", "values"),
     [
         pytest.param("wc-rbac", None, id="all-namespaces-clusterrole"),
-        pytest.param("wc-rbac-ns", {"namespaces": [QUICKSTART_NS]}, id="one-namespace-role"),
+        # Today's other options too: their flags as the chart spells them must run.
+        pytest.param("wc-rbac-ns", TODAYS_OPTIONS, id="one-namespace-role-todays-options"),
     ],
 )
 def test_the_charts_rbac_is_enough_for_the_quickstart(
@@ -468,13 +488,20 @@ def test_the_charts_rbac_is_enough_for_the_quickstart(
     values: dict[str, Any] | None,
 ) -> None:
     ensure_namespaces(controlplane, QUICKSTART_NS)
-    kubeconfig, objects, chart_args = chart_identity(controlplane, helm, tmp_path, release, values)
+    kubeconfig, objects, args = chart_identity(controlplane, helm, tmp_path, release, values)
     kinds = {o["kind"] for o in objects}
     assert ("Role" in kinds) == (values is not None), kinds
     try:
         # The Deployment's own arguments (today's binary accepts them all), the SA's token.
-        proxy = proxy_factory("--kubeconfig", str(kubeconfig), *serve_args(chart_args))
-        quickstart(proxy, f"{release}-quickstart", timeout=30)
+        proxy = proxy_factory("--kubeconfig", str(kubeconfig), *args)
+        try:
+            created = quickstart(proxy, f"{release}-quickstart", timeout=30)
+            if values is not None:  # the defaults file and CORS took effect
+                assert created["metadata"]["labels"]["team"] == "ray", created
+                _, headers, _ = proxy.request("GET", "/apis/ray.io/v1/rayclusters")
+                assert headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
+        finally:
+            stop_proxy(proxy)  # before its account goes: no 403 retries for the session's rest
     finally:
         delete_objects(controlplane, objects)
 
@@ -501,13 +528,11 @@ def test_one_rule_short_the_quickstart_fails(
     tmp_path: Path,
 ) -> None:
     ensure_namespaces(controlplane, QUICKSTART_NS)
-    kubeconfig, objects, chart_args = chart_identity(
+    kubeconfig, objects, args = chart_identity(
         controlplane, helm, tmp_path, "wc-nowatch", mutate=without_watch_on_rayclusters
     )
     try:
-        proxy = proxy_factory(
-            "--kubeconfig", str(kubeconfig), *serve_args(chart_args), ready="/healthz"
-        )
+        proxy = proxy_factory("--kubeconfig", str(kubeconfig), *args, ready="/healthz")
 
         # The upstream watch of rayclusters is refused, and /readyz says so ...
         def refused() -> bool:
@@ -516,8 +541,11 @@ def test_one_rule_short_the_quickstart_fails(
 
         wait_until(refused, timeout=30, what="/readyz naming the refused watch")
         # ... and the quickstart fails: the cache never sees the RayCluster created.
-        with pytest.raises(AssertionError, match=r"^(get|list|watch)"):
-            quickstart(proxy, "helm-short", timeout=10)
+        try:
+            with pytest.raises(AssertionError, match=r"^(get|list|watch)"):
+                quickstart(proxy, "helm-short", timeout=10)
+        finally:
+            stop_proxy(proxy)
     finally:
         delete_objects(controlplane, objects)
         controlplane.request(
