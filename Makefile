@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint controlplane bench bench-quick clean
+.PHONY: run test check lint controlplane helm bench bench-quick clean
 
 $(BIN)/watchcache: pyproject.toml
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
@@ -14,6 +14,10 @@ $(BIN)/watchcache: pyproject.toml
 
 controlplane:
 	bash deploy/controlplane/build.sh >/dev/null
+
+## helm: the helm CLI, built from its Go module into ~/.cache/watchcache/helm (deploy/helm/build.sh)
+helm:
+	bash deploy/helm/build.sh >/dev/null
 
 ## run: the proxy on a local control plane with the KubeRay CRDs (http://127.0.0.1:31888)
 run: $(BIN)/watchcache controlplane
