@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from watchcache.config import FEATURES, ServerLimits, Settings
+from watchcache.config import (
+    AUTHENTICATION_MODES,
+    AUTHORIZATION_MODES,
+    FEATURES,
+    SecuritySettings,
+    ServerLimits,
+    Settings,
+)
 from watchcache.upstream.retry import RetryPolicy
 
 DEV_PORT = 31888  # the port the KubeRay APIServer docs use
@@ -104,7 +111,114 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="restart an upstream watch that sent nothing (not even a bookmark) this long",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    _security(parser)
     _limits(parser)
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _security(parser: argparse.ArgumentParser) -> None:
+    """Who may ask what (README, "Security"); defaults from SecuritySettings."""
+    d = SecuritySettings()
+    group = parser.add_argument_group("security")
+    group.add_argument(
+        "--authentication",
+        action="append",
+        default=[],
+        choices=AUTHENTICATION_MODES,
+        help="how a caller is authenticated, repeatable, tried in order: kubernetes (bearer"
+        " tokens checked with a TokenReview), token-file (--token-auth-file), x509"
+        " (--client-ca-file, over TLS), none (everyone anonymous; the default)",
+    )
+    group.add_argument(
+        "--token-auth-file",
+        default=None,
+        metavar="FILE",
+        help="static tokens, one 'token,user,uid,\"group1,group2\"' line each (kube-apiserver's"
+        " format), re-read when the file changes",
+    )
+    group.add_argument(
+        "--client-ca-file", default=None, metavar="FILE", help="CA of x509 client certificates"
+    )
+    group.add_argument(
+        "--authentication-audiences",
+        default="",
+        metavar="LIST",
+        help="audiences a token must be for (comma-separated; TokenReview)",
+    )
+    group.add_argument(
+        "--authentication-ttl",
+        type=float,
+        default=d.authentication_ttl,
+        metavar="SECONDS",
+        help="how long a TokenReview answer is kept (by a hash of the token)",
+    )
+    group.add_argument(
+        "--anonymous-auth",
+        type=_bool,
+        default=d.anonymous,
+        metavar="BOOL",
+        help="a request with no credential is system:anonymous (true) or 401 (false)",
+    )
+    group.add_argument(
+        "--authorization",
+        default=None,
+        choices=AUTHORIZATION_MODES,
+        help="kubernetes: a SubjectAccessReview per user and request attributes, cached;"
+        " none: everything allowed (default: kubernetes when authenticating, else none)",
+    )
+    group.add_argument(
+        "--authorization-allow-ttl",
+        type=float,
+        default=d.allow_ttl,
+        metavar="SECONDS",
+        help="how long an allowed decision is kept",
+    )
+    group.add_argument(
+        "--authorization-deny-ttl",
+        type=float,
+        default=d.deny_ttl,
+        metavar="SECONDS",
+        help="how long a denied decision is kept",
+    )
+    group.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve a non-loopback address with no authentication (refused otherwise)",
+    )
+    group.add_argument("--tls-cert-file", default=None, metavar="FILE", help="serve HTTPS")
+    group.add_argument("--tls-private-key-file", default=None, metavar="FILE")
+    group.add_argument(
+        "--audit-log",
+        default=None,
+        metavar="PATH",
+        help="one JSON line per request ('-': standard output); never a token or a body",
+    )
+
+
+def security_from(args: argparse.Namespace) -> SecuritySettings:
+    audiences = tuple(a.strip() for a in args.authentication_audiences.split(",") if a.strip())
+    return SecuritySettings(
+        authentication=tuple(args.authentication),
+        token_auth_file=args.token_auth_file,
+        client_ca_file=args.client_ca_file,
+        audiences=audiences,
+        authentication_ttl=max(args.authentication_ttl, 0.0),
+        anonymous=args.anonymous_auth,
+        authorization=args.authorization,
+        allow_ttl=max(args.authorization_allow_ttl, 0.0),
+        deny_ttl=max(args.authorization_deny_ttl, 0.0),
+        allow_unauthenticated=args.allow_unauthenticated,
+        tls_cert_file=args.tls_cert_file,
+        tls_private_key_file=args.tls_private_key_file,
+        audit_log=args.audit_log,
+    )
 
 
 def _limits(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +343,7 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
         "kubeconfig": getattr(args, "kubeconfig", None),
         "context": getattr(args, "context", None),
         "limits": limits_from(args),
+        "security": security_from(args),
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -244,9 +359,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "serve":
         from watchcache.server import Server
 
-        asyncio.run(Server(settings_from(args)).serve_forever())
+        run(Server(settings_from(args)))
     else:
         dev(args)
+
+
+def run(server: Any) -> None:
+    """Serves until a signal; a setting that cannot be served is one line and exit 2."""
+    try:
+        asyncio.run(server.serve_forever())
+    except (ValueError, OSError) as exc:  # a refused setting, a certificate, a token file
+        sys.exit(f"watchcache: {exc}")
 
 
 LAUNCHER = Path(__file__).resolve().parents[1] / "deploy" / "controlplane" / "launcher.py"
@@ -310,7 +433,7 @@ Try:
 """,
             flush=True,
         )
-        asyncio.run(Server(settings).serve_forever())
+        run(Server(settings))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,57 @@ from watchcache.upstream.retry import RetryPolicy
 FEATURES = ("cors", "ray-events", "service-proxy", "defaults", "compute-templates")
 KUBERAY_FEATURES = ("ray-events", "service-proxy", "compute-templates")
 
-__all__ = ["RAY_RESOURCES", "ResourceSpec", "ServerLimits", "Settings"]
+__all__ = ["RAY_RESOURCES", "ResourceSpec", "SecuritySettings", "ServerLimits", "Settings"]
+
+# Authentication modes, tried in the order given.
+AUTHENTICATION_MODES = ("kubernetes", "token-file", "x509", "none")
+AUTHORIZATION_MODES = ("kubernetes", "none")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SecuritySettings:
+    """Who may ask what (README, "Security"): authentication, authorization, TLS, audit."""
+
+    # Tried in order: TokenReview against the API server, a static token file, client
+    # certificates; "none" (or nothing) is anonymous for everyone.
+    authentication: tuple[str, ...] = ()
+    token_auth_file: str | None = None
+    client_ca_file: str | None = None
+    audiences: tuple[str, ...] = ()
+    # How long a TokenReview answer is kept (by a hash of the token, never the token).
+    authentication_ttl: float = 120.0
+    # A request with no credential is system:anonymous (else 401), as kube-apiserver's.
+    anonymous: bool = True
+    # "kubernetes": a SubjectAccessReview per (user, attributes), cached; None: kubernetes
+    # when an authentication mode is on, else none.
+    authorization: str | None = None
+    allow_ttl: float = 300.0
+    deny_ttl: float = 30.0
+    # Serve on a non-loopback address with no authentication: only when asked for.
+    allow_unauthenticated: bool = False
+    tls_cert_file: str | None = None
+    tls_private_key_file: str | None = None
+    # One JSON line per request; "-" for standard output.
+    audit_log: str | None = None
+
+    @property
+    def authenticating(self) -> bool:
+        return any(mode != "none" for mode in self.authentication)
+
+    @property
+    def authorization_mode(self) -> str:
+        if self.authorization is not None:
+            return self.authorization
+        return "kubernetes" if self.authenticating else "none"
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests go through the security middleware at all."""
+        return self.authenticating or self.authorization_mode != "none" or bool(self.audit_log)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -71,6 +121,7 @@ class Settings:
     features: tuple[str, ...] | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limits: ServerLimits = field(default_factory=ServerLimits)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     extra: dict[str, object] = field(default_factory=dict)
 
     def feature_names(self) -> tuple[str, ...]:

@@ -31,6 +31,10 @@ class Observed(Protocol):
     renders: LRUCache[Any, Any]
     connections: ConnectionStats
 
+    def counters(self) -> list[tuple[str, str, float]]:
+        """(name, help, value) of further counters (authentication, authorization)."""
+        ...
+
 
 METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
@@ -215,4 +219,6 @@ def render(runtime: Observed, requests: RequestCounter) -> bytes:
         "Upstream watches (or LIST pages) abandoned for silence past the bound.",
         [(lb, r.silent_watches) for r, lb in feeds],
     )
+    for name, help_, value in runtime.counters():
+        metric(name, "counter", help_, [("", value)])
     return ("\n".join(lines) + "\n").encode()

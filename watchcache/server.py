@@ -17,17 +17,19 @@ from watchcache.cache.reflector import Reflector
 from watchcache.cache.resource import CachedResource, render_cache
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
-from watchcache.config import ResourceSpec, Settings
+from watchcache.config import ResourceSpec, SecuritySettings, Settings
 from watchcache.http.adapter import Adapter, Route, Served, routed
 from watchcache.http.discovery import discovery_routes
 from watchcache.http.health import BAD_PATH, NOT_FOUND, health_routes
 from watchcache.http.proxy import Forward, PassThrough
 from watchcache.http.read import ResourceEndpoint, resource_routes
 from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
+from watchcache.http.tls import ServingCertificate
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter
 from watchcache.middleware.core import Middleware, Next, compose
 from watchcache.middleware.features import Feature, builtin_features
+from watchcache.middleware.security import Security, build_security
 from watchcache.upstream.client import Credentials, LineSink, Upstream, load_credentials
 from watchcache.upstream.discovery import Discovery
 
@@ -66,6 +68,13 @@ class Runtime:
         extra = [s for s in self.cached if s.served and s not in settings.resources]
         self.discovery = Discovery(upstream, [*settings.resources, *extra])
         built = [f.middleware(self) for f in self.features if f.middleware is not None]
+        # Security runs outermost but for CORS (a browser's preflight carries no credential).
+        self.security: Security | None = None
+        if settings.security.enabled:
+            rules = [f.attributes for f in self.features if f.attributes is not None]
+            self.security = build_security(settings.security, upstream, rules)
+            at = 1 if self.features and self.features[0].name == "cors" else 0
+            built.insert(at, self.security)
         self.middleware: list[Middleware] = [*built, *middleware]
         self.chain: Next = compose(self.middleware)
 
@@ -120,6 +129,10 @@ class Runtime:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def counters(self) -> list[tuple[str, str, float]]:
+        """Counters of the parts /metrics does not know by name (authentication, authorization)."""
+        return self.security.counters() if self.security is not None else []
+
     def not_ready(self) -> list[str]:
         """Names of whatever is not ready yet; empty when the server may take traffic."""
         return [
@@ -132,7 +145,11 @@ class Runtime:
 def routes(runtime: Runtime) -> list[tuple[str, Route]]:
     """Every path served, first match wins: health, discovery, each cached resource, then the
     served groups' other paths and the features' forwarded ones (pass-through)."""
-    forward = Forward(runtime.upstream, runtime.retry, runtime.settings.upstream_timeout)
+    # Sent upstream under the caller's name whenever callers are authenticated.
+    impersonate = runtime.settings.security.authenticating
+    forward = Forward(
+        runtime.upstream, runtime.retry, runtime.settings.upstream_timeout, impersonate=impersonate
+    )
     table = [*health_routes(runtime), *discovery_routes(runtime.discovery, forward)]
     for spec, resource in runtime.cached.items():
         if spec.served:
@@ -199,6 +216,33 @@ def _bound_query_params(limit: int) -> None:
     httputil.set_parse_body_config(config)
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuses (ValueError, one line) to serve a non-loopback address with no authentication,
+    unless asked to; warns when asked to."""
+    sec = settings.security
+    if settings.bind in LOOPBACK or settings.bind.startswith("127.") or sec.authenticating:
+        return
+    if not sec.allow_unauthenticated:
+        raise ValueError(
+            f"refusing to serve {settings.bind} without authentication: anyone who reaches the"
+            " port would act with watchcache's own rights; give --authentication (see README,"
+            ' "Security") or --allow-unauthenticated'
+        )
+    log.warning(
+        "serving %s WITHOUT authentication (--allow-unauthenticated): anyone who reaches the"
+        " port acts with watchcache's own rights",
+        settings.bind,
+    )
+
+
+def security_summary(sec: SecuritySettings) -> str:
+    modes = ",".join(m for m in sec.authentication if m != "none") or "none"
+    return f"authentication {modes}, authorization {sec.authorization_mode}"
+
+
 class Server:
     """One watchcache server: start it, serve, stop it. Usable as a library."""
 
@@ -221,6 +265,7 @@ class Server:
         self.port: int | None = None
 
     async def start(self) -> None:
+        check_exposure(self.settings)
         creds = self._credentials or load_credentials(
             self.settings.kubeconfig, self.settings.context
         )
@@ -229,18 +274,28 @@ class Server:
         app = make_app(self.runtime)
         limits = self.settings.limits
         _bound_query_params(limits.max_query_params)
-        self._http = BoundedHTTPServer(app, limits)
+        sec = self.settings.security
+        tls = None
+        if sec.tls_cert_file or sec.tls_private_key_file:
+            if not (sec.tls_cert_file and sec.tls_private_key_file):
+                raise ValueError("TLS needs both --tls-cert-file and --tls-private-key-file")
+            tls = ServingCertificate(
+                sec.tls_cert_file, sec.tls_private_key_file, sec.client_ca_file
+            )
+        self._http = BoundedHTTPServer(app, limits, tls)
         self.runtime.connections = self._http.stats
         sockets = bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
         log.info(
-            "watchcache serving on http://%s:%d (upstream %s, %s, at most %d connections)",
+            "watchcache serving on %s://%s:%d (upstream %s, %s, at most %d connections, %s)",
+            "https" if tls is not None else "http",
             self.settings.bind,
             self.port,
             creds.server,
             "cache" if self.settings.cache else "pass-through",
             self._http.max_connections,
+            security_summary(sec),
         )
 
     async def stop(self) -> None:

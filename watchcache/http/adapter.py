@@ -7,7 +7,7 @@ writes what comes back once: a bytes body with its ETag check (304) and gzip, or
 ``Stream`` that writes itself through a ``Writer`` after its head. Failures found before an
 endpoint runs (a method the path refuses, a bad ``Content-Length``, ``?timeout=``, a body
 over the limit) are answered through the chain as well, so that every middleware sees
-every answer. Only the health checks and /metrics are outside it.
+every answer (authentication included). Only a path Go cannot decode is answered outside it.
 
 tornado's public API only: ``flush``, ``finish``, ``detach``, ``on_connection_close``.
 """
@@ -189,6 +189,13 @@ class Adapter(web.RequestHandler):
             local=self.local_address,
         )
         self.req = request
+        stream = cast("HTTP1Connection", req.connection).stream
+        if isinstance(stream, iostream.SSLIOStream) and stream.socket is not None:
+            sock = stream.socket
+            request.peer_cert = sock.getpeercert() or None
+            request.peer_cert_der = (
+                sock.getpeercert(binary_form=True) if request.peer_cert else None
+            )
         self.method = request.method
         if request.method not in STANDARD_METHODS:
             # tornado calls the handler's method of that name: every one is ``handle``.

@@ -1,5 +1,8 @@
-"""The endpoints outside the middleware chain (health, readiness, metrics) and the two that
-answer what no route serves: 404 for an unknown path, 400 for one Go cannot decode."""
+"""Health, readiness and metrics, and the two endpoints that answer what no route serves:
+404 for an unknown path, 400 for one Go cannot decode (outside the chain: there is no path
+to reason about). Health and metrics run inside the chain, so that they are authenticated
+and authorized as kube-apiserver's are (anonymous may read /healthz, /livez and /readyz
+under the default RBAC; /metrics needs a grant)."""
 
 from __future__ import annotations
 
@@ -65,12 +68,12 @@ async def bad_path(request: Request) -> Response:
 
 
 def health_routes(context: Context) -> list[tuple[str, Route]]:
-    """Paths kube-apiserver answers the same whatever the method, outside the chain."""
+    """Paths kube-apiserver answers the same whatever the method."""
     return [
-        (r"/healthz", Route(healthy, other=as_get, chained=False)),
-        (r"/livez", Route(healthy, other=as_get, chained=False)),
-        (r"/readyz", Route(Ready(context), other=as_get, chained=False)),
-        (r"/metrics", Route(Metrics(context), other=as_get, chained=False)),
+        (r"/healthz", Route(healthy, other=as_get)),
+        (r"/livez", Route(healthy, other=as_get)),
+        (r"/readyz", Route(Ready(context), other=as_get)),
+        (r"/metrics", Route(Metrics(context), other=as_get)),
     ]
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlencode
 
 from tornado import httputil, iostream
 
+from watchcache.auth.impersonation import impersonation_headers
 from watchcache.http.adapter import refuse_method
 from watchcache.kube.gourl import parse_query
 from watchcache.kube.status import StatusError, not_found_path
@@ -262,10 +263,15 @@ class Forward:
     what it answers. Given ``written``, a successful write's answer is held until that
     returns (read-your-writes)."""
 
-    def __init__(self, upstream: Upstream, retry: RetryPolicy, timeout: float) -> None:
+    def __init__(
+        self, upstream: Upstream, retry: RetryPolicy, timeout: float, *, impersonate: bool = False
+    ) -> None:
         self.upstream = upstream
         self.retry = retry
         self.timeout = timeout  # no status line within this long counts as no answer
+        # Sent as the authenticated caller (Impersonate-*), so that the API server's RBAC,
+        # admission and audit see who asked; never the client's own Impersonate-* headers.
+        self.impersonate = impersonate
 
     async def __call__(
         self,
@@ -281,7 +287,9 @@ class Forward:
         deadline = request_deadline(request.query)
         hold = written is not None and method != "GET"
         target = upstream_target(request)
-        headers = forward_headers(request.headers)
+        headers: list[tuple[str, str]] = list(forward_headers(request.headers).items())
+        if self.impersonate and request.user is not None:
+            headers += impersonation_headers(request.user)
         what = f"{method} {request.path}"
         exchange: asyncio.Future[None] | None = None
         gone = False

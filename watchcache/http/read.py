@@ -117,6 +117,7 @@ class ResourceEndpoint:
             check_read_target(res.spec, namespace, name)
             rv_text = parse_get_options(query)
         await reads.synced(res)
+        request.extra["cached"] = True  # until delegated (the audit log tells which)
         table = await table_for(request, res.spec, self.discovery)
         if table == FORWARD or (table is not None and name is None and opts.watch):
             return await self.delegate(request)  # a form the cache does not render
@@ -140,6 +141,7 @@ class ResourceEndpoint:
 
     async def delegate(self, request: Request) -> Response:
         """This GET goes to the API server after all, within the cache's own selectors."""
+        request.extra["cached"] = False
         for param, own in self.own:
             theirs = (request.query.get(param) or [""])[0]
             request.query[param] = [f"{own},{theirs}" if theirs else own]

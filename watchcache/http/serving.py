@@ -40,6 +40,7 @@ from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnec
 from tornado.ioloop import IOLoop
 
 from watchcache.config import ServerLimits
+from watchcache.http.tls import ServingCertificate, accept_tls
 from watchcache.kube.status import StatusError, too_many_requests
 
 log = logging.getLogger("watchcache.http")
@@ -154,7 +155,7 @@ class Stream(iostream.IOStream):
         super().close(exc_info)
 
     def close_fd(self) -> None:
-        if self.refuse_headers and self.socket is not None:
+        if self.refuse_headers and self.socket is not None and not isinstance(self, TLSStream):
             # Annotated a socket, but tornado's own close_fd sets it to None as well.
             sock, self.socket = self.socket, None  # type: ignore[assignment]
             if self.reading_headers:
@@ -165,6 +166,11 @@ class Stream(iostream.IOStream):
             self.server.linger(sock, raw_answer(err))
             return
         super().close_fd()
+
+
+class TLSStream(Stream, iostream.SSLIOStream):
+    """A connection over TLS. A header block over the limit is dropped here, not answered:
+    the answer would have to go through the TLS session tornado is closing."""
 
 
 class ConnectionContext:
@@ -224,9 +230,15 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
     """Accepts connections and serves HTTP/1.1 on them with tornado's connection class,
     within the bounds this module describes."""
 
-    def __init__(self, app: httputil.HTTPServerConnectionDelegate, limits: ServerLimits) -> None:
+    def __init__(
+        self,
+        app: httputil.HTTPServerConnectionDelegate,
+        limits: ServerLimits,
+        tls: ServingCertificate | None = None,
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.tls = tls  # HTTPS only when set; plain HTTP to it gets kube's 400
         # The header timeout is set per request (start_request).
         self.params = HTTP1ConnectionParameters(
             max_header_size=limits.max_header_bytes,
@@ -242,6 +254,7 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
         self.waiting: OrderedDict[HTTP1ServerConnection, None] = OrderedDict()
         self.served: set[HTTP1ServerConnection] = set()  # has had a request (keep-alive)
         self.lingering: set[asyncio.Task[None]] = set()
+        self.handshaking: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self.backoff = BACKOFF_FIRST
         self.accept_log = Throttled()
         self.settled: asyncio.Event | None = None  # set once draining has no request left
@@ -305,7 +318,8 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
         IOLoop.current().call_later(delay, resume)
 
     def admit(self, conn: socket.socket, address: Any) -> None:
-        if len(self.connections) + len(self.lingering) >= self.max_connections:
+        held = len(self.connections) + len(self.lingering) + len(self.handshaking)
+        if held >= self.max_connections:
             if self.waiting:
                 oldest = next(iter(self.waiting))
                 self.waiting.pop(oldest)
@@ -315,9 +329,28 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
                 self.stats.refused += 1
                 self.refuse(conn)
                 return
+        if self.tls is not None:
+            task = asyncio.ensure_future(self.secure(iostream.IOStream(conn), address))
+            self.handshaking.add(task)
+            task.add_done_callback(self.handshaking.discard)
+            return
         stream = Stream(conn)
         stream.server = self
         self.serve(stream, address)
+
+    async def secure(self, plain: iostream.IOStream, address: Any) -> None:
+        """The TLS handshake (bounded by the header timeout, as Go bounds it), then HTTP."""
+        assert self.tls is not None
+        stream = await accept_tls(
+            plain, self.tls, self.limits.header_timeout, make_stream=TLSStream
+        )
+        if stream is None or self.stopped:
+            if stream is not None:
+                stream.close()
+            return
+        assert isinstance(stream, TLSStream)
+        stream.server = self
+        self.serve(stream, address, "https")
 
     def refuse(self, conn: socket.socket) -> None:
         err = too_many_requests("too many open connections, please try again later", 1)

@@ -12,8 +12,9 @@ An endpoint and a middleware are plain async functions:
 
 A middleware may also answer on its own: ``raise StatusError(...)`` (or return a
 ``Response``) without calling ``call_next``. The chain is composed once, when the server
-starts, and every request but the health checks and /metrics goes through it, errors found
-before an endpoint runs (a bad method, a body over the limit) included.
+starts, and every request goes through it, errors found before an endpoint runs (a bad
+method, a body over the limit) included; only a path that cannot be decoded is answered
+before it.
 
 A response body is bytes, or a ``Stream`` (a watch, a relayed upstream answer) that writes
 itself once the chain has returned: its status and headers can still be changed by any
@@ -170,6 +171,9 @@ class Request:
     resource: ResourceSpec | None = None
     user: UserInfo | None = None
     remote_ip: str | None = None
+    # The client certificate, as verified by TLS (``getpeercert()`` and its DER form).
+    peer_cert: Mapping[str, object] | None = field(default=None, repr=False)
+    peer_cert_der: bytes | None = field(default=None, repr=False)
     # The request target as the client sent it (what goes upstream unless changed).
     target: str = ""
     extra: dict[str, object] = field(default_factory=dict)

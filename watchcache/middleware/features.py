@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from watchcache.config import FEATURES
+from watchcache.kube.attributes import Attributes
 from watchcache.kube.resources import ResourceSpec
-from watchcache.middleware.core import Endpoint, Middleware
+from watchcache.middleware.core import Endpoint, Middleware, Request
 from watchcache.middleware.kuberay import (
     KUBERAY_SERVICES,
     RAY_EVENTS,
@@ -27,7 +28,7 @@ from watchcache.middleware.kuberay import (
     ServiceProxyGate,
     ray_events,
 )
-from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates
+from watchcache.middleware.templates import CONFIGMAPS, ComputeTemplates, template_attributes
 
 if TYPE_CHECKING:
     from watchcache.cache.store import Store
@@ -58,6 +59,8 @@ class Feature:
     middleware: Callable[[FeatureContext], Middleware] | None = None
     # (path pattern, endpoint) pairs the feature serves itself, built once caches exist.
     endpoints: Callable[[FeatureContext], Sequence[tuple[str, Endpoint]]] | None = None
+    # The authorization attributes of the feature's own paths (None: kube-apiserver's).
+    attributes: Callable[[Request], Attributes | None] | None = None
     # Path patterns (regular expressions) the feature's middleware answers or gates and
     # that then go through to the API server, like any write.
     forwards: tuple[str, ...] = ()
@@ -95,6 +98,7 @@ def compute_templates() -> Feature:
         name="compute-templates",
         resources=(CONFIGMAPS,),
         middleware=lambda ctx: ComputeTemplates(ctx.store(CONFIGMAPS), ctx.upstream),
+        attributes=template_attributes,  # templates are ConfigMaps: authorized as such
     )
 
 

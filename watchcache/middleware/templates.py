@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote
 import orjson
 
 from watchcache.cache.store import Store
+from watchcache.kube.attributes import Attributes
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError
 from watchcache.middleware import templates_v1 as v1
@@ -215,6 +216,27 @@ def v1_route(path: str) -> tuple[str, str, str] | None:
 
 
 METHODS = {"all": ("GET",), "list": ("GET", "POST"), "one": ("GET", "DELETE")}
+TEMPLATE_VERBS = {"all": "list", "list": "list", "one": "get"}
+
+
+def template_attributes(request: Request) -> Attributes | None:
+    """A compute-template route is authorized as what it reads and writes: ConfigMaps of
+    its namespace (all namespaces for the cluster-wide list)."""
+    route = v1_route(request.path)
+    if route is None or route[0] == "none":
+        return None
+    kind, namespace, name = route
+    verb = {"POST": "create", "DELETE": "delete"}.get(request.method, TEMPLATE_VERBS[kind])
+    return Attributes(
+        resource_request=True,
+        verb=verb,
+        version="v1",
+        resource="configmaps",
+        namespace=namespace,
+        name=name,
+    )
+
+
 NAMESPACE_DIFFERS = (
     "The namespace in the request is different from the namespace defined in the compute template."
 )

@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -57,6 +57,10 @@ def enable_keepalive(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     except OSError as exc:  # a socket closed meanwhile: the request will say so itself
         log.debug("cannot enable TCP keepalive: %s", exc)
+
+
+# Request headers: a mapping, or pairs when a name repeats (Impersonate-Group).
+Headers = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 class UpstreamError(SourceError):
@@ -248,10 +252,11 @@ class Upstream:
             stream.close()
         self._idle.clear()
 
-    def _headers(self, headers: Mapping[str, str] | None) -> httputil.HTTPHeaders:
+    def _headers(self, headers: Headers | None) -> httputil.HTTPHeaders:
         out = httputil.HTTPHeaders()
         if headers:
-            for name, value in headers.items():
+            pairs = headers.items() if isinstance(headers, Mapping) else headers
+            for name, value in pairs:
                 out.add(name, value)
         out["Host"] = self.netloc
         auth = self.credentials.authorization()
@@ -267,7 +272,7 @@ class Upstream:
         target: str,
         sink: ResponseSink,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
         body: Body = None,
         stream: iostream.IOStream | None = None,
         replay: bool = True,
@@ -312,7 +317,7 @@ class Upstream:
         stream: iostream.IOStream,
         method: str,
         target: str,
-        headers: Mapping[str, str] | None,
+        headers: Headers | None,
         body: Body,
         delegate: _Delegate,
     ) -> None:
@@ -358,7 +363,7 @@ class Upstream:
         method: str,
         target: str,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers | None = None,
         body: bytes | None = None,
     ) -> Response:
         """A whole response; for small internal calls (discovery, CRDs), not for proxying."""
