@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib.util
 import logging
 import sys
@@ -309,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dev", help="build and start a local control plane with the KubeRay CRDs, and serve it"
     )
     dev.add_argument("--port", type=int, default=DEV_PORT, help="port to listen on")
+    dev.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a local CA and certificate (made once, kept in ~/.cache)",
+    )
     _common(dev)
     return parser
 
@@ -372,29 +378,35 @@ def run(server: Any) -> None:
         sys.exit(f"watchcache: {exc}")
 
 
-LAUNCHER = Path(__file__).resolve().parents[1] / "deploy" / "controlplane" / "launcher.py"
+DEV_TOOLS = Path(__file__).resolve().parents[1] / "deploy" / "controlplane"
+LAUNCHER = DEV_TOOLS / "launcher.py"
 
 
-def load_launcher() -> Any:
-    """The local control plane's launcher, loaded once from the checkout this package runs
-    from (a dev tool, not in the wheel); FileNotFoundError outside a checkout. The tests and
-    benchmarks load it through this too."""
-    name = "watchcache_launcher"
-    if name in sys.modules:
-        return sys.modules[name]
-    if not LAUNCHER.is_file():
-        raise FileNotFoundError(LAUNCHER)
-    spec = importlib.util.spec_from_file_location(name, LAUNCHER)
+def load_dev_tool(name: str) -> Any:
+    """A dev tool of the checkout this package runs from (deploy/controlplane/NAME.py: the
+    control-plane launcher, the dev certificates), loaded once; not in the wheel, so
+    FileNotFoundError outside a checkout. The tests and benchmarks load them through this."""
+    module_name = f"watchcache_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = DEV_TOOLS / f"{name}.py"
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    sys.modules[module_name] = module  # dataclasses look their module up while made
     spec.loader.exec_module(module)
     return module
 
 
-def _launcher() -> Any:
+def load_launcher() -> Any:
+    return load_dev_tool("launcher")
+
+
+def _dev_tool(name: str) -> Any:
     try:
-        return load_launcher()
+        return load_dev_tool(name)
     except FileNotFoundError:
         sys.exit(
             "watchcache dev needs a checkout of the watchcache repository (it builds a local"
@@ -406,30 +418,51 @@ def _launcher() -> Any:
 def dev(args: argparse.Namespace) -> None:
     from watchcache.server import Server
 
-    launcher = _launcher()
+    launcher = _dev_tool("launcher")
     ControlPlane, log = launcher.ControlPlane, launcher.log
     log("starting etcd and kube-apiserver (building them first if needed)")
     with ControlPlane() as cp:
-        settings = settings_from(args, kubeconfig=str(cp.kubeconfig))
+        overrides: dict[str, object] = {"kubeconfig": str(cp.kubeconfig)}
+        scheme, trust, ca_file = "http", "", None
+        if args.tls:
+            certs = _dev_tool("devcerts").ensure(Path.home() / ".cache" / "watchcache" / "dev-tls")
+            security = dataclasses.replace(
+                security_from(args),
+                tls_cert_file=str(certs.cert_file),
+                tls_private_key_file=str(certs.key_file),
+            )
+            overrides["security"] = security
+            scheme, ca_file = "https", certs.ca_file
+        base = f"{scheme}://{args.bind}:{args.port}"
+        if args.tls:
+            trust = "\n" + certs.how_to_trust(base) + "\n"
+        settings = settings_from(args, **overrides)
         proxy_kubeconfig = cp.workdir / "watchcache.kubeconfig"
-        base = f"http://{args.bind}:{args.port}"
-        cp.write_kubeconfig(proxy_kubeconfig, cp.admin, server=base)
+        cp.write_kubeconfig(proxy_kubeconfig, cp.admin, server=base, ca_file=ca_file)
         sample = cp.samples_dir / "ray-cluster.sample.yaml"
+        users = "\n".join(
+            f"  {name:<40} {may}\n    token: {token}" for name, token, may in cp.example_user_rows()
+        )
+        curl = "curl -s" + (f" --cacert {ca_file}" if ca_file else "")
         print(
             f"""
 watchcache is serving {base}  (Ctrl-C stops everything)
-
+{trust}
   kube-apiserver kubeconfig:  {cp.kubeconfig}
   kubeconfig for watchcache:  {proxy_kubeconfig}
   kubectl:                    {cp.kubectl}
 
+Example users of this control plane (try them with --authentication kubernetes,
+as -H 'Authorization: Bearer TOKEN'):
+{users}
+
 Try:
-  curl -s -X POST -H 'Content-Type: application/yaml' --data-binary @{sample} \\
+  {curl} -X POST -H 'Content-Type: application/yaml' --data-binary @{sample} \\
        {base}/apis/ray.io/v1/namespaces/default/rayclusters
-  curl -s {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
-  curl -s '{base}/apis/ray.io/v1/rayclusters?labelSelector=ray.io/cluster'
-  curl -sN '{base}/apis/ray.io/v1/namespaces/default/rayclusters?watch=true'
-  curl -s -X DELETE {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
+  {curl} {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
+  {curl} '{base}/apis/ray.io/v1/rayclusters?labelSelector=ray.io/cluster'
+  {curl} -N '{base}/apis/ray.io/v1/namespaces/default/rayclusters?watch=true'
+  {curl} -X DELETE {base}/apis/ray.io/v1/namespaces/default/rayclusters/raycluster-kuberay
 """,
             flush=True,
         )

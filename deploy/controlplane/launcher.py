@@ -500,12 +500,15 @@ class ControlPlane:
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
 
-    def write_kubeconfig(self, path: Path, user: User, server: str | None = None) -> Path:
-        """A kubeconfig for ``user``; ``server`` may point elsewhere (e.g. at the proxy)."""
+    def write_kubeconfig(
+        self, path: Path, user: User, server: str | None = None, ca_file: Path | None = None
+    ) -> Path:
+        """A kubeconfig for ``user``; ``server`` may point elsewhere (e.g. at the proxy,
+        whose CA is then ``ca_file``)."""
         server = server or self.server
         cluster: dict[str, object] = {"server": server}
         if server.startswith("https"):
-            cluster["certificate-authority"] = str(self.ca_file)
+            cluster["certificate-authority"] = str(ca_file or self.ca_file)
         config = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -2,27 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from typing import Any
+from watchcache.cli import load_dev_tool
 
-DEVCERTS = Path(__file__).resolve().parents[2] / "deploy" / "controlplane" / "devcerts.py"
-
-
-def _load() -> Any:
-    name = "watchcache_devcerts"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, DEVCERTS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-devcerts = _load()
+devcerts = load_dev_tool("devcerts")
 DevCerts = devcerts.DevCerts
 ensure = devcerts.ensure
 client_certificate = devcerts.client_certificate
