@@ -37,7 +37,8 @@ def audit_log(out: TextIO) -> Middleware:
             "method": request.method,
             "path": request.path,
             "query": {k: v[0] if len(v) == 1 else v for k, v in request.query.items()},
-            "user": request.user,  # set by an authentication middleware, when there is one
+            # set by authentication (--authentication), when there is one
+            "user": request.user.name if request.user is not None else None,
             "status": response.status,
             "streamed": response.streamed,
             "duration_ms": round(1000 * (time.monotonic() - started), 3),
