@@ -152,6 +152,8 @@ class Security:
         digest = hashlib.blake2b(digest_size=16)
         for value in headers.get_list("Authorization")[:1]:
             digest.update(value.encode("utf-8", "surrogateescape"))
+        for value in headers.get_list("Sec-WebSocket-Protocol"):  # may carry a token too
+            digest.update(b"\x00" + value.encode("utf-8", "surrogateescape"))
         if request.peer_cert_der:
             digest.update(b"\x00" + request.peer_cert_der)
         return digest.digest(), request.method, request.target
