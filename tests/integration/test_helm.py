@@ -682,3 +682,44 @@ def test_one_rule_short_the_quickstart_fails(
         controlplane.request(
             "DELETE", f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters/helm-short"
         )
+
+
+def without_impersonating_uids_and_extras(objects: list[dict[str, Any]]) -> None:
+    """The security rules with impersonation of users, groups and service accounts only:
+    no `impersonate` on authentication.k8s.io (uids, userextras)."""
+    (role,) = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-security")
+    ]
+    role["rules"] = [r for r in role["rules"] if r.get("apiGroups") != ["authentication.k8s.io"]]
+    role["rules"].append(
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    )
+
+
+def test_without_impersonating_uids_writes_fail(
+    helm: Path,
+    controlplane: ControlPlane,
+    proxy_factory: Callable[..., Proxy],
+    tmp_path: Path,
+) -> None:
+    """A service-account token carries a uid (and extras), which watchcache passes on as
+    Impersonate-Uid (Impersonate-Extra-*): the API server checks `impersonate` on
+    authentication.k8s.io `uids` for it, so the chart's rule on that group is needed."""
+    ensure_namespaces(controlplane, QUICKSTART_NS)
+    kubeconfig, objects, args, auth = chart_identity(
+        controlplane, helm, tmp_path, "wc-nouid", mutate=without_impersonating_uids_and_extras
+    )
+    try:
+        proxy = proxy_factory("--kubeconfig", str(kubeconfig), *args)
+        try:
+            with pytest.raises(AssertionError, match=r"^create: 403"):
+                quickstart(proxy, "helm-nouid", timeout=10, auth=auth)
+        finally:
+            stop_proxy(proxy)
+    finally:
+        delete_objects(controlplane, objects)
+        controlplane.request(
+            "DELETE", f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters/helm-nouid"
+        )
