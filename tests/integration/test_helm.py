@@ -1,8 +1,9 @@
 """The Helm chart (deploy/helm/watchcache) against the real control plane: `helm lint`, the
 default and the everything-on renderings applied with a server-side dry run, the plain
 manifests of deploy/kubernetes/ matching the chart, and the chart's RBAC proven by running
-watchcache with a token of the chart's own ServiceAccount: the quickstart passes with the
-rules as rendered and fails with one rule short.
+watchcache as the Deployment runs it (secure by default: authentication and authorization
+kubernetes) with a token of the chart's own ServiceAccount, which also calls it with that
+token: the quickstart passes with the rules as rendered and fails with one rule short.
 
 helm is built from its Go module by deploy/helm/build.sh (cached; the first build takes a
 few minutes), never downloaded."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -32,8 +34,8 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "watchcache"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
-# A values file that turns every option of the chart on (flags of features still being
-# built included: the dry run checks the objects, not the binary).
+# A values file that turns every option of the chart on (`--workers`, a feature still being
+# built, included: the dry run checks the objects, not the binary).
 EVERYTHING_ON: dict[str, Any] = {
     "replicaCount": 2,
     "workers": "auto",
@@ -98,9 +100,12 @@ EVERYTHING_ON: dict[str, Any] = {
         "insecureSkipVerify": True,
         "bearerTokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token",
     },
+    "metricsReader": {
+        "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]
+    },
 }
-# The flags EVERYTHING_ON must put on the command line (names of not-yet-built options
-# included, as the chart spells them).
+# The flags EVERYTHING_ON must put on the command line (`--workers`, not built yet, as the
+# chart spells it).
 EVERYTHING_ON_FLAGS = (
     "--namespace=wc-helm-all-a",
     "--namespace=wc-helm-all-b",
@@ -244,17 +249,30 @@ def test_plain_manifests_are_the_charts_rendering(helm: Path, tmp_path: Path) ->
 def test_default_rendering_passes_a_server_dry_run(helm: Path, controlplane: ControlPlane) -> None:
     ensure_namespaces(controlplane, "wc-helm-default")
     rendered = template(helm, "wc", "wc-helm-default")
-    kinds = sorted(d["kind"] for d in documents(rendered))
+    docs = documents(rendered)
+    kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(
         [
-            "ClusterRole",
+            "ClusterRole",  # the server's rules
             "ClusterRoleBinding",
+            "ClusterRole",  # the security modes' (reviews, impersonation)
+            "ClusterRoleBinding",
+            "ClusterRole",  # the /metrics reader, unbound
             "Deployment",
             "PodDisruptionBudget",
             "Service",
             "ServiceAccount",
         ]
     )
+    # Secure by default, and --authorization said outright so chart and server agree.
+    args = deployment_args(docs)
+    assert "--authentication=kubernetes" in args and "--authorization=kubernetes" in args, args
+    assert "--allow-unauthenticated" not in args, args
+    # The probes are HTTP checks, made as system:anonymous (see the quickstart test).
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez", container
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", container
     out = kubectl(controlplane, "apply", "--dry-run=server", "-f", "-", stdin=rendered)
     assert out.count("(server dry run)") == len(kinds), out
     # helm's own install path too (its client against this API server, and the NOTES).
@@ -271,7 +289,46 @@ def test_default_rendering_passes_a_server_dry_run(helm: Path, controlplane: Con
             controlplane.kubeconfig,
         ]
     )
-    assert "STATUS: pending-install" in notes and "No authentication is configured" in notes
+    assert "STATUS: pending-install" in notes, notes
+    assert "Security: authentication kubernetes, authorization kubernetes" in notes, notes
+    assert '--token "$TOKEN"' in notes and "No authentication is configured" not in notes, notes
+
+
+# The open mode of earlier versions, asked for in full (values.yaml and the README say so).
+OPEN_MODE: dict[str, Any] = {
+    "authentication": [],
+    "authorization": "none",
+    "allowUnauthenticated": True,
+}
+
+
+def test_the_open_mode_is_still_there_on_request(
+    helm: Path, controlplane: ControlPlane, tmp_path: Path
+) -> None:
+    path = tmp_path / "open.yaml"
+    path.write_text(yaml.safe_dump(OPEN_MODE))
+    docs = documents(template(helm, "wc", "wc-helm-default", path))
+    args = deployment_args(docs)
+    assert "--allow-unauthenticated" in args, args
+    assert not [a for a in args if a.startswith(("--authentication", "--authorization"))], args
+    names = [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"]
+    assert names == ["wc-watchcache"], names  # no security rules, no /metrics reader
+    notes = run(
+        [
+            helm,
+            "install",
+            "wc",
+            CHART,
+            "--namespace",
+            "wc-helm-default",
+            "--values",
+            path,
+            "--dry-run=server",
+            "--kubeconfig",
+            controlplane.kubeconfig,
+        ]
+    )
+    assert "No authentication is configured" in notes, notes
 
 
 @pytest.fixture
@@ -311,6 +368,21 @@ def test_everything_on_rendering_passes_a_server_dry_run(
     ]
     resources = {r for rule in security["rules"] for r in rule["resources"]}
     assert resources >= {"tokenreviews", "subjectaccessreviews", "users", "groups"}, resources
+    # Impersonate-Uid is checked on authentication.k8s.io "uids", Impersonate-Extra-KEY on
+    # "userextras/KEY": the rule on every resource of that group covers both.
+    assert any(
+        rule["apiGroups"] == ["authentication.k8s.io"]
+        and rule["resources"] == ["*"]
+        and rule["verbs"] == ["impersonate"]
+        for rule in security["rules"]
+    ), security["rules"]
+    # The /metrics reader role, bound to the subjects given.
+    (binding,) = [
+        d
+        for d in docs
+        if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"].endswith("-metrics-reader")
+    ]
+    assert binding["subjects"] == EVERYTHING_ON["metricsReader"]["subjects"], binding
     out = kubectl(controlplane, "apply", "--dry-run=server", "-f", "-", stdin=rendered)
     assert out.count("(server dry run)") == len(docs), out
 
@@ -323,6 +395,20 @@ def test_everything_on_rendering_passes_a_server_dry_run(
         ({"authentication": ["password"]}, 'unknown mode "password"'),
         ({"authorization": "rbac"}, "authorization must be none or kubernetes"),
         ({"impersonation": "sometimes"}, "impersonation must be auto, true or false"),
+        # What the server would refuse on the pod's address, or is surely a mistake.
+        ({"authentication": []}, "authentication is empty, so every caller"),
+        ({"authentication": [], "authorization": "none"}, "no authentication mode but none"),
+        ({"authentication": ["none"]}, "no authentication mode but none"),
+        (
+            {
+                "serviceMonitor": {
+                    "enabled": True,
+                    "bearerTokenFile": "/t",
+                    "bearerTokenSecret": {"name": "s", "key": "token"},
+                }
+            },
+            "bearerTokenFile or bearerTokenSecret.name, not both",
+        ),
     ],
 )
 def test_inconsistent_values_are_refused_with_a_reason(
@@ -339,16 +425,23 @@ def test_inconsistent_values_are_refused_with_a_reason(
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr
 
 
-def test_default_values_pass_no_flag_that_todays_binary_lacks(helm: Path) -> None:
-    args = deployment_args(documents(template(helm, "wc", "wc-helm-default")))
+def test_the_charts_flags_are_flags_of_watchcache_serve(helm: Path, everything_on: Path) -> None:
+    """The default rendering (security flags included) runs today's binary, and so does
+    every flag of the everything-on one but `--workers`, which is not built yet."""
     help_text = run([sys.executable, "-m", "watchcache", "serve", "--help"])
+    known = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
+    args = deployment_args(documents(template(helm, "wc", "wc-helm-default")))
+    assert {"--authentication", "--authorization"} <= {a.split("=")[0] for a in args}, args
     for arg in args[1:]:
-        assert arg.split("=")[0] in help_text, f"{arg} is not a flag of watchcache serve"
+        assert arg.split("=")[0] in known, f"{arg} is not a flag of watchcache serve"
+    everything = deployment_args(documents(template(helm, "wc", "wc-all", everything_on)))
+    flags = {a.split("=")[0] for a in everything[1:] if a.startswith("--")} - {"--workers"}
+    assert flags - known == set(), f"not flags of watchcache serve: {flags - known}"
 
 
 # ---- RBAC: sufficient as rendered, insufficient one rule short ------------------------------
 QUICKSTART_NS = "wc-helm-quickstart"
-# The options that today's watchcache already has, all on.
+# The options that today's watchcache already has, all on (security's defaults aside).
 TODAYS_OPTIONS: dict[str, Any] = {
     "namespaces": [QUICKSTART_NS],
     "corsAllowOrigin": "https://dashboard.example",
@@ -367,11 +460,12 @@ def chart_identity(
     release: str,
     values: dict[str, Any] | None = None,
     mutate: Mutate | None = None,
-) -> tuple[Path, list[dict[str, Any]], list[str]]:
+) -> tuple[Path, list[dict[str, Any]], list[str], dict[str, str]]:
     """Applies the chart's ServiceAccount and RBAC for real, in a namespace of their own, and
     returns a kubeconfig carrying a TokenRequest token of that account, the objects (to
-    delete later) and the arguments to run `watchcache serve` with: the Deployment's, on
-    loopback, with the chart's defaults ConfigMap written to a local file."""
+    delete later), the arguments to run `watchcache serve` with (the Deployment's, on
+    loopback, with the chart's defaults ConfigMap written to a local file) and the header
+    that sends the same token to watchcache as a client."""
     namespace = f"{release}-system"
     ensure_namespaces(cp, namespace)
     values_file = None
@@ -403,7 +497,8 @@ def chart_identity(
     for doc in docs:
         if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-defaults"):
             defaults_file.write_text(doc["data"]["defaults.yaml"])
-    return kubeconfig, objects, serve_args(deployment_args(docs), defaults_file)
+    bearer = {"Authorization": f"Bearer {token}"}
+    return kubeconfig, objects, serve_args(deployment_args(docs), defaults_file), bearer
 
 
 def delete_objects(cp: ControlPlane, objects: list[dict[str, Any]]) -> None:
@@ -435,40 +530,47 @@ def raycluster(name: str) -> dict[str, Any]:
     }
 
 
-def quickstart(proxy: Proxy, name: str, timeout: float) -> dict[str, Any]:
-    """The README's quickstart through watchcache: create, get, list with a selector, watch
-    (an event seen), patch, delete. Raises AssertionError at the first step that fails;
-    returns the object as created."""
+def quickstart(proxy: Proxy, name: str, timeout: float, auth: dict[str, str]) -> dict[str, Any]:
+    """The README's quickstart through watchcache, every request with the ``auth`` headers:
+    create, get, list with a selector, watch (an event seen), patch, delete. Raises
+    AssertionError at the first step that fails; returns the object as created."""
     base = f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters"
     selector = "labelSelector=" + quote("app=helm-quickstart")
-    code, created = proxy.json("POST", base, raycluster(name))
+    code, created = proxy.json("POST", base, raycluster(name), headers=auth)
     assert code == 201, f"create: {code} {created}"
-    code, body = proxy.json("GET", f"{base}/{name}")
+    code, body = proxy.json("GET", f"{base}/{name}", headers=auth)
     assert code == 200 and body["metadata"]["name"] == name, f"get: {code} {body}"
-    code, body = proxy.json("GET", f"{base}?{selector}")
+    code, body = proxy.json("GET", f"{base}?{selector}", headers=auth)
     assert code == 200, f"list: {code} {body}"
     assert [i["metadata"]["name"] for i in body["items"]] == [name], f"list: {body}"
     rv = body["metadata"]["resourceVersion"]
     path = f"{base}?watch=1&{selector}&resourceVersion={rv}"
-    with WatchStream(proxy.base, path) as watch:
+    with WatchStream(proxy.base, path, headers=auth) as watch:
         assert watch.status == 200, f"watch: {watch.status}"
         patch = {"metadata": {"annotations": {"quickstart": "patched"}}}
         code, body = proxy.json(
             "PATCH",
             f"{base}/{name}",
             patch,
-            headers={"Content-Type": "application/merge-patch+json"},
+            headers={"Content-Type": "application/merge-patch+json", **auth},
         )
         assert code == 200, f"patch: {code} {body}"
         events = watch.read_until(lambda e: e["type"] == "MODIFIED", timeout=timeout)
         modified = events[-1]["object"]
         assert modified["metadata"]["annotations"]["quickstart"] == "patched", events
-        code, body = proxy.json("DELETE", f"{base}/{name}")
+        code, body = proxy.json("DELETE", f"{base}/{name}", headers=auth)
         assert code == 200, f"delete: {code} {body}"
         watch.read_until(lambda e: e["type"] == "DELETED", timeout=timeout)
-    code, body = proxy.json("GET", f"{base}/{name}")
+    code, body = proxy.json("GET", f"{base}/{name}", headers=auth)
     assert code == 404, f"get after delete: {code} {body}"
     return created
+
+
+def metrics_reader(release: str) -> dict[str, Any]:
+    """Values binding the chart's /metrics reader role to the chart's own account (as one
+    would bind a scraper's)."""
+    account = {"kind": "ServiceAccount", "name": f"{release}-watchcache"}
+    return {"metricsReader": {"subjects": [{**account, "namespace": f"{release}-system"}]}}
 
 
 @pytest.mark.parametrize(
@@ -476,7 +578,11 @@ def quickstart(proxy: Proxy, name: str, timeout: float) -> dict[str, Any]:
     [
         pytest.param("wc-rbac", None, id="all-namespaces-clusterrole"),
         # Today's other options too: their flags as the chart spells them must run.
-        pytest.param("wc-rbac-ns", TODAYS_OPTIONS, id="one-namespace-role-todays-options"),
+        pytest.param(
+            "wc-rbac-ns",
+            {**TODAYS_OPTIONS, **metrics_reader("wc-rbac-ns")},
+            id="one-namespace-role-todays-options",
+        ),
     ],
 )
 def test_the_charts_rbac_is_enough_for_the_quickstart(
@@ -487,18 +593,38 @@ def test_the_charts_rbac_is_enough_for_the_quickstart(
     release: str,
     values: dict[str, Any] | None,
 ) -> None:
+    """The default values are secure: the account's token is reviewed, each request is
+    authorized for it, and what goes upstream impersonates it (users, groups, uids, extras),
+    all with the chart's RBAC alone."""
     ensure_namespaces(controlplane, QUICKSTART_NS)
-    kubeconfig, objects, args = chart_identity(controlplane, helm, tmp_path, release, values)
+    kubeconfig, objects, args, auth = chart_identity(controlplane, helm, tmp_path, release, values)
     kinds = {o["kind"] for o in objects}
     assert ("Role" in kinds) == (values is not None), kinds
+    assert "--authentication=kubernetes" in args and "--authorization=kubernetes" in args, args
+    base = f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters"
     try:
-        # The Deployment's own arguments (today's binary accepts them all), the SA's token.
+        # The Deployment's own arguments (today's binary accepts them all), the SA's token;
+        # start_proxy waits for /readyz with no credential, as the kubelet's probe asks.
         proxy = proxy_factory("--kubeconfig", str(kubeconfig), *args)
         try:
-            created = quickstart(proxy, f"{release}-quickstart", timeout=30)
+            for probe in ("/livez", "/readyz"):  # system:public-info-viewer lets anyone
+                code, _, body = proxy.request("GET", probe)
+                assert code == 200, f"{probe} as system:anonymous: {code} {body!r}"
+            # Anonymous may not read Ray resources, and a token nobody issued is no one.
+            code, body = proxy.json("GET", base)
+            assert code == 403 and body["reason"] == "Forbidden", body
+            code, body = proxy.json("GET", base, headers={"Authorization": "Bearer nobody"})
+            assert code == 401 and body["reason"] == "Unauthorized", body
+            created = quickstart(proxy, f"{release}-quickstart", timeout=30, auth=auth)
+            # /metrics is authorized: anonymous never, the account once the reader role is
+            # bound to it.
+            code, _, _ = proxy.request("GET", "/metrics")
+            assert code == 403, code
+            code, _, body = proxy.request("GET", "/metrics", headers=auth)
+            assert code == (200 if values is not None else 403), (code, body[:300])
             if values is not None:  # the defaults file and CORS took effect
                 assert created["metadata"]["labels"]["team"] == "ray", created
-                _, headers, _ = proxy.request("GET", "/apis/ray.io/v1/rayclusters")
+                _, headers, _ = proxy.request("GET", base, headers=auth)
                 assert headers["Access-Control-Allow-Origin"] == "https://dashboard.example"
         finally:
             stop_proxy(proxy)  # before its account goes: no 403 retries for the session's rest
@@ -508,7 +634,12 @@ def test_the_charts_rbac_is_enough_for_the_quickstart(
 
 def without_watch_on_rayclusters(objects: list[dict[str, Any]]) -> None:
     """The chart's rules with one removed: rayclusters may no longer be watched."""
-    (role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    (role,) = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole"
+        and any("rayclusters" in r.get("resources", ()) for r in o["rules"])
+    ]
     rules = []
     for rule in role["rules"]:
         if "rayclusters" in rule["resources"]:
@@ -528,7 +659,7 @@ def test_one_rule_short_the_quickstart_fails(
     tmp_path: Path,
 ) -> None:
     ensure_namespaces(controlplane, QUICKSTART_NS)
-    kubeconfig, objects, args = chart_identity(
+    kubeconfig, objects, args, auth = chart_identity(
         controlplane, helm, tmp_path, "wc-nowatch", mutate=without_watch_on_rayclusters
     )
     try:
@@ -543,11 +674,52 @@ def test_one_rule_short_the_quickstart_fails(
         # ... and the quickstart fails: the cache never sees the RayCluster created.
         try:
             with pytest.raises(AssertionError, match=r"^(get|list|watch)"):
-                quickstart(proxy, "helm-short", timeout=10)
+                quickstart(proxy, "helm-short", timeout=10, auth=auth)
         finally:
             stop_proxy(proxy)
     finally:
         delete_objects(controlplane, objects)
         controlplane.request(
             "DELETE", f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters/helm-short"
+        )
+
+
+def without_impersonating_uids_and_extras(objects: list[dict[str, Any]]) -> None:
+    """The security rules with impersonation of users, groups and service accounts only:
+    no `impersonate` on authentication.k8s.io (uids, userextras)."""
+    (role,) = [
+        o
+        for o in objects
+        if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-security")
+    ]
+    role["rules"] = [r for r in role["rules"] if r.get("apiGroups") != ["authentication.k8s.io"]]
+    role["rules"].append(
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    )
+
+
+def test_without_impersonating_uids_writes_fail(
+    helm: Path,
+    controlplane: ControlPlane,
+    proxy_factory: Callable[..., Proxy],
+    tmp_path: Path,
+) -> None:
+    """A service-account token carries a uid (and extras), which watchcache passes on as
+    Impersonate-Uid (Impersonate-Extra-*): the API server checks `impersonate` on
+    authentication.k8s.io `uids` for it, so the chart's rule on that group is needed."""
+    ensure_namespaces(controlplane, QUICKSTART_NS)
+    kubeconfig, objects, args, auth = chart_identity(
+        controlplane, helm, tmp_path, "wc-nouid", mutate=without_impersonating_uids_and_extras
+    )
+    try:
+        proxy = proxy_factory("--kubeconfig", str(kubeconfig), *args)
+        try:
+            with pytest.raises(AssertionError, match=r"^create: 403"):
+                quickstart(proxy, "helm-nouid", timeout=10, auth=auth)
+        finally:
+            stop_proxy(proxy)
+    finally:
+        delete_objects(controlplane, objects)
+        controlplane.request(
+            "DELETE", f"/apis/ray.io/v1/namespaces/{QUICKSTART_NS}/rayclusters/helm-nouid"
         )

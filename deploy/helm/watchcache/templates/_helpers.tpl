@@ -64,9 +64,8 @@ clientCA: /etc/watchcache/client-ca
 tls: /etc/watchcache/tls
 {{- end }}
 
-{{/* The `watchcache serve` arguments, one per line. A flag of a feature still being built
-is passed only when its value differs from the default, so the default chart runs today's
-binary. */}}
+{{/* The `watchcache serve` arguments, one per line. `--workers` (a feature still being
+built) is passed only when not 1, so the chart runs today's binary unless it is set. */}}
 {{- define "watchcache.args" -}}
 {{- $v := .Values }}
 {{- $paths := include "watchcache.paths" . | fromYaml -}}
@@ -119,7 +118,15 @@ binary. */}}
 {{- if not (has $v.authorization (list "none" "kubernetes")) }}
 {{- fail "authorization must be none or kubernetes" }}
 {{- end }}
-{{- if ne $v.authorization "none" }}
+{{- if and (not $v.authentication) (eq $v.authorization "kubernetes") }}
+{{- fail "authentication is empty, so every caller would be system:anonymous under authorization kubernetes: for the open mode set authorization none (and allowUnauthenticated true); for anonymous callers checked by RBAC say authentication [none]" }}
+{{- end }}
+{{- if and (not (include "watchcache.authenticates" .)) (not $v.allowUnauthenticated) }}
+{{- fail "no authentication mode but none is set, and watchcache refuses to serve the pod's address so (anyone reaching the Service would act with its service account): set authentication (e.g. [kubernetes]), or allowUnauthenticated true for the open mode" }}
+{{- end }}
+{{- /* Always said when an authentication mode is set, so the server and this value agree
+(the server's own default depends on the modes). */}}
+{{- if or $v.authentication (ne $v.authorization "none") }}
 - --authorization={{ $v.authorization }}
 {{- end }}
 {{- if $v.allowUnauthenticated }}
