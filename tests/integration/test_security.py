@@ -418,7 +418,9 @@ def judge(req: Req, kube: Side, wc: Side, token: str | None) -> str | None:
         if k.code == w.code == 200 and kn_list != wn_list:
             return f"{where}: pages kube {kn_list}, watchcache {wn_list}"
     elif req.kind == "template":
-        k = kube.send(req.kube_method or req.method, req.kube_path or req.path, req.body, token=token)
+        k = kube.send(
+            req.kube_method or req.method, req.kube_path or req.path, req.body, token=token
+        )
         w = wc.send(req.method, req.path, req.body, token=token)
         if (k.code in (401, 403)) != (w.code in (401, 403)) or (
             k.code in (401, 403) and k.code != w.code
@@ -504,7 +506,7 @@ def test_real_writes_answer_as_kube_answers_them(world: World) -> None:
                     kb, wb = dict(_status(k)), dict(_status(w))
                     # The names differ (-k, -w); the rest must not.
                     for body in (kb, wb):
-                        body["message"] = body["message"].replace("-k\"", '"').replace("-w\"", '"')
+                        body["message"] = body["message"].replace('-k"', '"').replace('-w"', '"')
                         body.pop("details", None)
                     if kb != wb:
                         problems.append(f"{key} {step} in {ns}:\n kube {k.raw!r}\n wc   {w.raw!r}")
@@ -529,7 +531,9 @@ def test_a_grant_and_a_revocation_on_kube_apiserver_take_effect_within_the_ttls(
     assert code == 200, raw
     wait_until(lambda: kube.send("GET", path, token=token).code == 403, what="kube: revoked")
     wait_until(lambda: wc.send("GET", path, token=token).code == 403, what="watchcache: revoked")
-    assert _status(wc.send("GET", path, token=token)) == _status(kube.send("GET", path, token=token))
+    assert _status(wc.send("GET", path, token=token)) == _status(
+        kube.send("GET", path, token=token)
+    )
 
 
 # ---- 2. bad credentials -------------------------------------------------------------------
@@ -698,7 +702,10 @@ IMPERSONATIONS: list[tuple[str, list[Header]]] = [
     ("editor-b", [("Impersonate-User", "x"), ("Impersonate-Uid", "1")]),
     # cluster-admin may impersonate: the request is then the viewer's, on both sides
     ("admin", [("Impersonate-User", "example-viewer-a")]),
-    ("admin", [("Impersonate-User", "example-nobody"), ("Impersonate-Group", "example:ray-viewers")]),  # fmt: skip
+    (
+        "admin",
+        [("Impersonate-User", "example-nobody"), ("Impersonate-Group", "example:ray-viewers")],
+    ),  # fmt: skip
 ]
 
 
@@ -791,7 +798,9 @@ def tls_proxy(
         "--authorization", "kubernetes",
     ]  # fmt: skip
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     proxy = Proxy(f"https://127.0.0.1:{port}", proc, log_path)
     tls = TLSProxy(proxy, certs, port)
     try:
@@ -917,9 +926,7 @@ def test_x509_a_certificate_is_its_cn_and_o(
     cert = x509_users[who]
     kube, wc = kube_side(controlplane, cert), tls_proxy.side(cert)
     problems = []
-    for path in (
-        f"/api/v1/namespaces/{B}/configmaps",
-        f"/api/v1/namespaces/{A}/configmaps",
+    for path in (  # view (aggregated) includes Ray resources; configmaps are not served here
         f"{RAY}/namespaces/{A}/rayclusters",
         f"{RAY}/namespaces/{B}/rayclusters",
         f"{RAY}/rayclusters",
@@ -978,7 +985,13 @@ def test_the_audit_log_has_one_line_per_request(world: World) -> None:
     sent = [
         ("GET", f"{RAY}/namespaces/{A}/rayclusters/{probe}", None, viewer.token, 404),
         ("GET", f"{RAY}/namespaces/{B}/rayclusters/{probe}", None, viewer.token, 403),
-        ("GET", f"{RAY}/namespaces/{A}/rayclusters/{probe}", None, "bad-" + secrets.token_hex(8), 401),  # fmt: skip
+        (
+            "GET",
+            f"{RAY}/namespaces/{A}/rayclusters/{probe}",
+            None,
+            "bad-" + secrets.token_hex(8),
+            401,
+        ),  # fmt: skip
         ("GET", f"{RAY}/namespaces/{A}/rayclusters/{probe}", None, None, 403),
     ]
     body = cluster(probe)
@@ -993,16 +1006,20 @@ def test_the_audit_log_has_one_line_per_request(world: World) -> None:
     def lines() -> list[dict[str, Any]]:
         return [
             e for e in _audit_lines(world.audit_log)
-            if e.get("name") == probe or (e.get("verb") == "create" and e.get("user") == editor.name and e.get("code") == 201 and e.get("namespace") == B)
+            if e.get("name") == probe or probe in str(e.get("path")) or (e.get("verb") == "create" and e.get("user") == editor.name and e.get("code") == 201 and e.get("namespace") == B)
         ]  # fmt: skip
 
     found = wait_until(lambda: len(lines()) >= len(sent) and lines(), what="the audit lines")
-    assert len([e for e in found if e.get("name") == probe]) == 4, found
+    probes = [e for e in found if e.get("name") == probe or probe in str(e.get("path"))]
+    assert len(probes) == 4, found
+    refused = [e for e in probes if e["code"] == 401]
+    assert len(refused) == 1 and refused[0]["user"] is None, found
     for entry in found:
-        assert AUDIT_FIELDS <= set(entry), entry
+        if entry["code"] != 401:  # see test_the_audit_line_of_a_401_names_the_resource
+            assert AUDIT_FIELDS <= set(entry), entry
         assert entry["source"].startswith("127.0.0.1"), entry
         assert isinstance(entry["cached"], bool) and isinstance(entry["latency_ms"], (int, float))
-    by_code = {e["code"]: e for e in found if e.get("name") == probe}
+    by_code = {e["code"]: e for e in probes}
     assert set(by_code) == {404, 403, 401}, found
     assert by_code[404]["user"] == viewer.name and by_code[404]["verb"] == "get"
     assert by_code[404]["resource"] == "rayclusters" and by_code[404]["namespace"] == A
@@ -1012,6 +1029,26 @@ def test_the_audit_log_has_one_line_per_request(world: World) -> None:
     text = world.audit_log.read_text()
     assert secret_marker not in text
     assert _no_token_in(text, world.tokens) == []
+
+
+def test_the_audit_line_of_a_401_names_the_resource(world: World) -> None:
+    """The issue's fields are on every line, a refused credential's included: the request's
+    resource, namespace and name are known from its URL before anyone is authenticated."""
+    probe = f"wc-sec-probe401-{secrets.token_hex(4)}"
+    token = "bad-" + secrets.token_hex(8)
+    world.tokens.append(token)
+    path = f"{RAY}/namespaces/{A}/rayclusters/{probe}"
+    assert proxy_side(world.proxy).send("GET", path, token=token).code == 401
+    found = wait_until(
+        lambda: [e for e in _audit_lines(world.audit_log) if probe in json.dumps(e)],
+        what="the audit line",
+    )
+    assert len(found) == 1 and AUDIT_FIELDS <= set(found[0]), found
+    assert (found[0]["resource"], found[0]["namespace"], found[0]["name"]) == (
+        "rayclusters",
+        A,
+        probe,
+    )
 
 
 def test_metrics_count_reviews_and_cache_hits(world: World) -> None:
