@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import reads, report, watching, writing
+from benchmarks import reads, report, secured, watching, writing
 from benchmarks.context import FULL, QUICK, Bench, Results
 from benchmarks.fill import KeepAliveClient, fill, plan_rayclusters
 from benchmarks.procs import direct_target, machine, rss_bytes, start_watchcache, stop
@@ -85,6 +85,7 @@ SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("7", scenario_7),
     ("5", watching.scenario_5),
     ("6", writing.scenario_6),
+    ("9", secured.scenario_9),
 ]
 
 

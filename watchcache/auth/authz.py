@@ -21,17 +21,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 from cachetools import TTLCache
 
+from watchcache.auth.review import Answer, Fetcher
 from watchcache.auth.user import UserInfo
 from watchcache.kube.attributes import Attributes, forbidden
 from watchcache.kube.status import StatusError
-from watchcache.upstream.client import Response, UpstreamError
+from watchcache.upstream.client import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,6 @@ class Decision:
 
 class Authorizer(Protocol):
     async def authorize(self, user: UserInfo, attrs: Attributes) -> Decision: ...
-
-
-class Fetcher(Protocol):
-    """What the authorizer needs of the upstream client (``Upstream.fetch``)."""
-
-    async def fetch(
-        self,
-        method: str,
-        target: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> Response: ...
 
 
 class AlwaysAllow:
@@ -108,7 +96,7 @@ def _message_of(body: bytes) -> str:
     return message if isinstance(message, str) else ""
 
 
-def decision_of(response: Response) -> Decision:
+def decision_of(response: Answer) -> Decision:
     """The Decision in a SubjectAccessReview response, or the StatusError of a failed one."""
     if response.code in (200, 201):
         try:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 from cachetools import TTLCache
 
 from watchcache.auth.authn import AuthenticationFailed, TokenAuthenticator, token_digest
+from watchcache.auth.review import Fetcher
 from watchcache.auth.user import UserInfo
 
 log = logging.getLogger(__name__)
@@ -37,24 +38,6 @@ REVIEW_TIMEOUT = 10.0
 
 # A TokenReview answer is a few hundred bytes; anything far larger is not one.
 MAX_ANSWER = 1 << 20
-
-
-class _Answer(Protocol):
-    code: int
-    body: bytes
-
-
-class Fetcher(Protocol):
-    """What a TokenReview needs of ``watchcache.upstream.client.Upstream``."""
-
-    async def fetch(
-        self,
-        method: str,
-        target: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        body: bytes | None = None,
-    ) -> _Answer: ...
 
 
 class _Rejected:

@@ -24,7 +24,7 @@ from tornado import iostream, web
 
 from watchcache.http.conditional import GZIP_THRESHOLD, encoded, etag_matches
 from watchcache.kube.bodies import MAX_BODY, content_length, request_too_large
-from watchcache.kube.gourl import decode_path, parse_query
+from watchcache.kube.gourl import parse_query, request_path
 from watchcache.kube.requestinfo import check_deadline
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, method_not_allowed, not_found_path
@@ -172,7 +172,9 @@ class Adapter(web.RequestHandler):
         return None  # an answer has the ETag its endpoint gives it, or none
 
     # ---- the request -----------------------------------------------------------------------
-    async def prepare(self) -> None:
+    def prepare(self) -> Awaitable[None] | None:
+        """Builds the Request; an awaitable only when it is answered here (no coroutine on
+        the common path: tornado wraps one in a future of its own)."""
         req = self.request
         route = self.route
         kwargs = self.path_kwargs
@@ -204,11 +206,15 @@ class Adapter(web.RequestHandler):
             self.check(request)
         except StatusError as err:
             req.method = self.method
-            await self.answer_early(request, err)
-            if err.code == 400 and err.message.startswith("bad Content-Length"):
-                # Go's server answers 400 and closes; tornado would append a bare 400 of
-                # its own to this answer, so the connection goes once the Status is out.
-                cast("HTTP1Connection", req.connection).close()
+            return self.refuse(request, err)
+        return None
+
+    async def refuse(self, request: Request, err: StatusError) -> None:
+        await self.answer_early(request, err)
+        if err.code == 400 and err.message.startswith("bad Content-Length"):
+            # Go's server answers 400 and closes; tornado would append a bare 400 of its
+            # own to this answer, so the connection goes once the Status is out.
+            cast("HTTP1Connection", self.request.connection).close()
 
     def check(self, request: Request) -> None:
         """What is refused before any endpoint runs, in kube-apiserver's order."""
@@ -221,7 +227,7 @@ class Adapter(web.RequestHandler):
         if lengths and length is None:
             raise StatusError(400, f"bad Content-Length {lengths[0][:40]!r}")
         # ?timeout=, checked as the API server does ahead of everything (kube.requestinfo).
-        path = decode_path(request.path) or request.path
+        path = request_path(self.request) or request.path
         check_deadline(request.method, path, request.query, self.request.request_time())
         if length is not None and length > MAX_BODY:
             raise request_too_large()

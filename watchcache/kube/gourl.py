@@ -66,12 +66,26 @@ def decode_path(raw: str) -> str | None:
     return None if decoded is None else decoded.decode("utf-8", "replace")
 
 
+_UNDECODABLE = "\x00undecodable"
+
+
+def request_path(request: httputil.HTTPServerRequest) -> str | None:
+    """``decode_path(request.path)``, decoded once per request however many routes ask (it
+    is kept on the request under a name of watchcache's own)."""
+    found: str | None = getattr(request, "watchcache_path", None)
+    if found is None:
+        found = decode_path(request.path)
+        request.watchcache_path = _UNDECODABLE if found is None else found  # type: ignore[attr-defined]
+        return found
+    return None if found is _UNDECODABLE else found
+
+
 class DecodedPathMatches(PathMatches):
     """A tornado route matched against the decoded path, as kube-apiserver matches its
     routes; the groups are handed on decoded once (tornado would decode them again)."""
 
     def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        path = decode_path(request.path)
+        path = request_path(request)
         if path is None:
             return None
         found = self.regex.match(path)
@@ -95,7 +109,7 @@ class UndecodablePath(PathMatches):
         super().__init__(re.compile(r".*"))
 
     def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        return None if decode_path(request.path) is not None else {}
+        return None if request_path(request) is not None else {}
 
 
 def decoded_rule(rule: Any) -> Any:

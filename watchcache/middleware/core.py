@@ -48,12 +48,18 @@ class Headers:
     def __init__(
         self, headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
     ) -> None:
-        self.items_: dict[str, list[tuple[str, str]]] = {}
+        items: dict[str, list[tuple[str, str]]] = {}
+        self.items_ = items
         if headers is None:
             return
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in pairs:
-            self.add(name, value)
+            key = name.lower()
+            found = items.get(key)
+            if found is None:
+                items[key] = [(name, value)]
+            else:
+                found.append((name, value))
 
     def add(self, name: str, value: str) -> None:
         """One more value for ``name`` (a second Vary, Warning, Impersonate-Group)."""

@@ -14,6 +14,7 @@ a credential or a body.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -46,6 +47,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AttributeRule = Callable[[Request], Attributes | None]
+
+# A request whose caller and question were allowed a moment ago is allowed again without
+# asking either cache (the hot path of a polling dashboard): for this long at most, which
+# is what a revocation may take beyond the decision cache's own TTL.
+MEMO_SECONDS = 1.0
+MEMO_ENTRIES = 4096
 
 
 def credentials(request: Request) -> Credentials:
@@ -123,6 +130,10 @@ class Security:
         self.rules = tuple(rules)
         self.audit = audit
         self.authorizing = not isinstance(authorizer, AlwaysAllow)
+        # (credential digest, method, target) -> (until, user, attributes) of an allowed
+        # request; keyed by a digest, never the credential itself.
+        self.memo: dict[tuple[bytes, str, str], tuple[float, UserInfo | None, Attributes]] = {}
+        self.memo_hits = 0
 
     def attributes(self, request: Request) -> Attributes:
         for rule in self.rules:
@@ -132,10 +143,35 @@ class Security:
         path = decode_path(request.path) or request.path
         return request_attributes(request.method, path, request.query)
 
+    def memo_key(self, request: Request) -> tuple[bytes, str, str] | None:
+        """The memo's key for ``request``, or None when it must be decided in full (it asks
+        to impersonate someone)."""
+        headers = request.headers
+        if any(name.startswith("impersonate-") for name in headers.items_):
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for value in headers.get_list("Authorization")[:1]:
+            digest.update(value.encode("utf-8", "surrogateescape"))
+        for value in headers.get_list("Sec-WebSocket-Protocol"):  # may carry a token too
+            digest.update(b"\x00" + value.encode("utf-8", "surrogateescape"))
+        if request.peer_cert_der:
+            digest.update(b"\x00" + request.peer_cert_der)
+        return digest.digest(), request.method, request.target
+
     async def __call__(self, request: Request, call_next: Next) -> Response:
         started = time.monotonic()
         user: UserInfo | None = None
         attrs: Attributes | None = None
+        key = self.memo_key(request)
+        hit = self.memo.get(key) if key is not None else None
+        if hit is not None and hit[0] > started:
+            _, user, attrs = hit
+            request.user = user
+            self.memo_hits += 1
+            response = await call_next(request)
+            if self.audit is not None:
+                self.audit.record(request, user, attrs, response.status, started)
+            return response
         try:
             if self.authenticator is not None:
                 user = await self.authenticator.authenticate(credentials(request))
@@ -152,6 +188,10 @@ class Security:
             if self.authorizing:
                 assert attrs is not None
                 await check(self.authorizer, user or ANONYMOUS_USER, attrs)
+            if key is not None and attrs is not None and request.user is user:
+                if len(self.memo) >= MEMO_ENTRIES:
+                    self.memo.clear()  # bounded: refilled by the next requests
+                self.memo[key] = (started + MEMO_SECONDS, user, attrs)
             response = await call_next(request)
         except StatusError as err:
             response = Response.from_status(err, request)
@@ -194,7 +234,7 @@ class Security:
                 (
                     "watchcache_authorization_cache_hits_total",
                     "Authorization decisions answered from the decision cache.",
-                    self.authorizer.cache_hits,
+                    self.authorizer.cache_hits + self.memo_hits,
                 )
             )
         return out

@@ -1,0 +1,109 @@
+"""Scenario 9: authentication and authorization on, with a warm decision cache.
+
+A third watchcache runs with ``--authentication kubernetes --authorization kubernetes`` and
+is read with a bearer token; its requests per second sit next to the unauthenticated
+server's, on the same reads, and ``/metrics`` shows how many TokenReviews and
+SubjectAccessReviews went upstream during the steady-state run (none is the goal: both
+answers come from their caches once warm).
+"""
+
+from __future__ import annotations
+
+from benchmarks.context import Bench
+from benchmarks.procs import Target, start_watchcache, stop
+from benchmarks.reads import API, log
+from benchmarks.wrk import run_wrk
+
+REVIEWS = (
+    "watchcache_authentication_upstream_reviews_total",
+    "watchcache_authorization_upstream_reviews_total",
+)
+
+
+def upstream_reviews(target: Target) -> float:
+    """TokenReviews and SubjectAccessReviews sent so far, from the target's /metrics."""
+    code, _, body = target.get("/metrics")
+    assert code == 200, (code, body[:200])
+    total = 0.0
+    for line in body.decode().splitlines():
+        name, _, value = line.partition(" ")
+        if name in REVIEWS:
+            total += float(value)
+    return total
+
+
+def scenario_9(bench: Bench) -> None:
+    cp = bench.cp
+    plain = bench.targets["cached"]
+    secured = start_watchcache(
+        cp,
+        "secured",
+        bench.workdir,
+        "--authentication",
+        "kubernetes",
+        "--authorization",
+        "kubernetes",
+    )
+    secured.headers = {"Authorization": f"Bearer {cp.admin.token}"}
+    res = bench.results
+    try:
+        name = bench.names[bench.ns][len(bench.names[bench.ns]) // 2]
+        cases = [
+            (
+                f"list {bench.sizes.per_namespace:,} (one namespace), c=16",
+                f"{API}/namespaces/{bench.ns}/rayclusters",
+            ),
+            ("get one RayCluster, c=16", f"{API}/namespaces/{bench.ns}/rayclusters/{name}"),
+        ]
+        raw: dict[str, dict[str, float]] = {}
+        for case, path in cases:
+            for target in (plain, secured):  # warm: the token's review, the decision
+                code, _, body = target.get(path)
+                assert code == 200, (target.name, code, body[:300])
+            before = upstream_reviews(secured)
+            runs = {}
+            for target in (plain, secured):
+                runs[target.name] = run_wrk(
+                    target,
+                    [path],
+                    connections=16,
+                    seconds=bench.sizes.seconds,
+                    quiet=bench.server_pids + secured.own_pids,
+                )
+            calls = upstream_reviews(secured) - before
+            plain_rps, secured_rps = runs["cached"].rps, runs["secured"].rps
+            share = secured_rps / plain_rps
+            log(
+                f"9 {case}: {plain_rps:.1f} req/s plain, {secured_rps:.1f} secured"
+                f" ({share:.2f}), {calls:g} upstream reviews"
+            )
+            res.add("9", f"{case}, no authentication", "req/s", "higher", {"cached": plain_rps}, "")
+            res.add(
+                "9", f"{case}, authn + authz (warm)", "req/s", "higher", {"cached": secured_rps}, ""
+            )
+            res.add(
+                "9",
+                f"{case}, authn + authz (warm)",
+                "p99",
+                "lower",
+                {"cached": runs["secured"].p99_ms},
+                "ms",
+            )
+            res.goal(
+                "9",
+                f"{case}: authenticated ≥ 0.9x unauthenticated req/s",
+                f"{share:.2f}x",
+                share >= 0.9,
+            )
+            res.goal(
+                "9", f"{case}: no upstream review in the steady state", f"{calls:g}", calls == 0
+            )
+            raw[case] = {
+                "plain_rps": plain_rps,
+                "secured_rps": secured_rps,
+                "share": share,
+                "upstream_reviews": calls,
+            }
+        res.raw["secured"] = raw
+    finally:
+        stop(secured)
