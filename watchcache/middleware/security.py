@@ -173,10 +173,12 @@ class Security:
                 self.audit.record(request, user, attrs, response.status, started)
             return response
         try:
+            # As kube-apiserver: the request's attributes first (the audit of a 401 names
+            # what was asked), then who asks.
+            if self.authorizing or self.impersonation is not None or self.audit is not None:
+                attrs = self.attributes(request)
             if self.authenticator is not None:
                 user = await self.authenticator.authenticate(credentials(request))
-            if self.authorizing or self.impersonation is not None:
-                attrs = self.attributes(request)
             if self.impersonation is not None and user is not None:
                 asked = [(n, v) for n, v in request.headers.get_all() if is_impersonation_header(n)]
                 if asked:
