@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/watchcache: pyproject.toml
 	@command -v openssl >/dev/null || (apt-get update -qq && apt-get install -y -qq openssl)
+	@command -v curl >/dev/null || (apt-get update -qq && apt-get install -y -qq curl)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

@@ -928,11 +928,12 @@ def test_tls_the_python_client_lists_rayclusters(
     assert {*CLUSTERS[A], *CLUSTERS[B]} <= names
 
 
-def test_tls_kubectl_gets_rayclusters(
-    controlplane: ControlPlane, tls_proxy: TLSProxy, objects: dict[str, Any], tmp_path: Path
-) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    admin = objects["admin"]
+def kubectl_over_tls(
+    cp: ControlPlane, tls_proxy: TLSProxy, user: dict[str, str], tmp: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """kubectl against the TLS proxy, trusting its CA, as ``user`` (a token or a client
+    certificate)."""
+    kubeconfig = tmp / "kubeconfig"
     kubeconfig.write_text(
         yaml.safe_dump(
             {
@@ -947,38 +948,50 @@ def test_tls_kubectl_gets_rayclusters(
                         },
                     }
                 ],
-                "users": [{"name": "admin", "user": {"token": admin.token}}],
-                "contexts": [{"name": "wc", "context": {"cluster": "wc", "user": "admin"}}],
+                "users": [{"name": "u", "user": user}],
+                "contexts": [{"name": "wc", "context": {"cluster": "wc", "user": "u"}}],
                 "current-context": "wc",
             }
         )
     )
-    proc = subprocess.run(
-        [
-            str(controlplane.kubectl),
-            "--kubeconfig",
-            str(kubeconfig),
-            "get",
-            "rayclusters",
-            "-A",
-            "-o",
-            "name",
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ],
+    cache = ["--cache-dir", str(tmp / "cache")]
+    return subprocess.run(
+        [str(cp.kubectl), "--kubeconfig", str(kubeconfig), *args, *cache],
         capture_output=True,
         text=True,
         timeout=60,
+    )
+
+
+def test_tls_kubectl_gets_rayclusters(
+    controlplane: ControlPlane, tls_proxy: TLSProxy, objects: dict[str, Any], tmp_path: Path
+) -> None:
+    token = {"token": objects["admin"].token}
+    proc = kubectl_over_tls(
+        controlplane, tls_proxy, token, tmp_path, "get", "rayclusters", "-A", "-o", "name"
     )
     assert proc.returncode == 0, proc.stderr
     names = {line.split("/", 1)[1] for line in proc.stdout.split()}
     assert {*CLUSTERS[A], *CLUSTERS[B]} <= names, proc.stdout
 
 
+def test_tls_kubectl_with_a_client_certificate(
+    controlplane: ControlPlane, tls_proxy: TLSProxy, x509_users: dict[str, Any], tmp_path: Path
+) -> None:
+    """kubectl's own TLS client with a certificate in its kubeconfig: x509 authentication."""
+    cert = x509_users["user"]  # may view team-b alone
+    user = {"client-certificate": str(cert.cert), "client-key": str(cert.key)}
+    get = ("get", "rayclusters", "-o", "name", "-n")
+    proc = kubectl_over_tls(controlplane, tls_proxy, user, tmp_path, *get, B)
+    assert proc.returncode == 0, proc.stderr
+    assert {line.split("/", 1)[1] for line in proc.stdout.split()} == set(CLUSTERS[B])
+    refused = kubectl_over_tls(controlplane, tls_proxy, user, tmp_path, *get, A)
+    assert refused.returncode != 0 and "Forbidden" in refused.stderr, refused.stderr
+
+
 def test_tls_curl(tls_proxy: TLSProxy, objects: dict[str, Any]) -> None:
     curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("no curl on this machine")
+    assert curl is not None, "curl is missing (make test installs it)"
     proc = subprocess.run(
         [
             curl,

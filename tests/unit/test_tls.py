@@ -10,7 +10,6 @@ plane: certificates come from the dev-certificate maker, made per test module.
 from __future__ import annotations
 
 import asyncio
-import glob
 import http.client
 import json
 import logging
@@ -307,51 +306,6 @@ def test_alpn_is_http11_and_tls_below_12_is_refused(serving: Running, certs: Cer
         old.maximum_version = ssl.TLSVersion.TLSv1_1
     with pytest.raises(ssl.SSLError):
         old.wrap_socket(raw(serving), server_hostname="127.0.0.1")
-
-
-def test_kubectl_completes_the_handshake(serving: Running, certs: Certs, tmp_path: Path) -> None:
-    found = sorted(glob.glob(os.path.expanduser("~/.cache/watchcache/controlplane/*/bin/kubectl")))
-    kubectl = found[-1] if found else shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("no kubectl binary (the control plane's or on PATH)")
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "wc",
-                        "cluster": {
-                            "server": serving.url,
-                            "certificate-authority": str(certs.dev.ca_file),
-                        },
-                    }
-                ],
-                "users": [{"name": "u", "user": {"token": "not-checked-here"}}],
-                "contexts": [{"name": "wc", "context": {"cluster": "wc", "user": "u"}}],
-                "current-context": "wc",
-            }
-        )
-    )
-    out = subprocess.run(
-        [kubectl, "--kubeconfig", str(kubeconfig), "get", "--raw", "/kube"],
-        capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"paths": ["/api", "/apis", "/version"]}
-    # with a client certificate in the kubeconfig, as for x509 authentication
-    user = {"client-certificate": str(certs.alice[0]), "client-key": str(certs.alice[1])}
-    config = json.loads(kubeconfig.read_text())
-    config["users"][0]["user"] = user
-    kubeconfig.write_text(json.dumps(config))
-    out = subprocess.run(
-        [kubectl, "--kubeconfig", str(kubeconfig), "get", "--raw", "/whoami"],
-        capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    assert ["commonName", "alice"] in json.loads(out.stdout)["subject"][0]
 
 
 def test_the_kubernetes_python_client_over_https(serving: Running, certs: Certs) -> None:
