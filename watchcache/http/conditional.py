@@ -1,4 +1,5 @@
-"""ETag/If-None-Match and gzip, in one place for every endpoint that answers from memory.
+"""A JSON answer from memory, and the ETag/If-None-Match and gzip rules the adapter applies
+to every such answer.
 
 A 304 is sent only for a tag the client holds (or ``*``). An answer larger than the API
 server's threshold is gzipped when the client accepts it; a body the caller keeps (a
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Callable
+
+from watchcache.kube.wire import go_indent
+from watchcache.middleware.core import Compressed, Headers, Request, Response
 
 # Kubernetes compresses responses larger than this when the client accepts gzip.
 GZIP_THRESHOLD = 128 * 1024
@@ -38,3 +42,19 @@ def encoded(
     if keep is not None:
         keep(zipped)
     return zipped, True
+
+
+def json_response(
+    request: Request, body: bytes, etag: str | None = None, kept: Compressed | None = None
+) -> Response:
+    """A compact body as the API server writes it, or indented when the request asks. The
+    indented form is made per request and never kept (the render cache holds compact bodies
+    only), and has a tag of its own: a 304 means "the very bytes you hold"."""
+    headers = Headers({"Content-Type": "application/json"})
+    if request.pretty:
+        body, kept = go_indent(body), None
+        if etag is not None:
+            etag = etag[:-1] + '-pretty"'
+    if etag is not None:
+        headers["ETag"] = etag
+    return Response(status=200, headers=headers, body=body, compress=kept or True)

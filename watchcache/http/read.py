@@ -21,14 +21,15 @@ from watchcache.cache import reads, writes
 from watchcache.cache.reads import Delegate, Page
 from watchcache.cache.resource import CachedResource, Rendered, RenderKey
 from watchcache.cache.store import Entry
+from watchcache.http.conditional import json_response
 from watchcache.http.table import FORWARD, TableRequest, list_meta, table_for, table_response
 from watchcache.http.watch import watch_response
 from watchcache.http.websocket import handshake
 from watchcache.kube.listoptions import ListOptions, parse_get_options, parse_list_options
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.validation import check_read_target
-from watchcache.kube.wire import go_escape, go_indent, list_body
-from watchcache.middleware.core import Headers, Request, Response
+from watchcache.kube.wire import go_escape, list_body
+from watchcache.middleware.core import Request, Response
 
 if TYPE_CHECKING:
     from watchcache.http.proxy import Forward
@@ -59,22 +60,6 @@ def _etag(
     digest.update(f"\x00{rv}\x00{token or ''}\x00{remaining}\x00".encode())
     digest.update(array("q", [e.rv for e in entries]).tobytes())
     return f'W/"{digest.hexdigest()}"'
-
-
-def json_response(
-    request: Request, body: bytes, etag: str | None = None, kept: Rendered | None = None
-) -> Response:
-    """A compact body as the API server writes it, or indented when the request asks. The
-    indented form is made per request and never kept (the render cache holds compact bodies
-    only), and has a tag of its own: a 304 means "the very bytes you hold"."""
-    headers = Headers({"Content-Type": "application/json"})
-    if request.pretty:
-        body, kept = go_indent(body), None
-        if etag is not None:
-            etag = etag[:-1] + '-pretty"'
-    if etag is not None:
-        headers["ETag"] = etag
-    return Response(status=200, headers=headers, body=body, compress=kept or True)
 
 
 class ResourceEndpoint:

@@ -14,10 +14,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
+from watchcache.http.conditional import json_response
 from watchcache.kube.negotiation import negotiate
 from watchcache.kube.tables import TableSpec, include_object, render
-from watchcache.kube.wire import go_escape, go_indent
-from watchcache.middleware.core import Headers, Request, Response
+from watchcache.kube.wire import go_escape
+from watchcache.middleware.core import Request, Response
 
 if TYPE_CHECKING:
     from watchcache.kube.resources import ResourceSpec
@@ -71,8 +72,4 @@ def table_response(
         version=table.version,
         now=time.time(),
     )
-    body = go_escape(body) + b"\n"  # as the API server writes it
-    if request.pretty:
-        body = go_indent(body)
-    headers = Headers({"Content-Type": "application/json"})
-    return Response(status=200, headers=headers, body=body, compress=True)
+    return json_response(request, go_escape(body) + b"\n")  # as the API server writes it
