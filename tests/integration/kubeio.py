@@ -193,3 +193,25 @@ def kube_json(cp: ControlPlane, method: str, path: str, body: object = None, **k
     code, raw = cp.request(method, path, body, **kw)
     assert code in (200, 201), f"{method} {path}: {code} {raw[:500]!r}"
     return json.loads(raw)
+
+
+def event(name: str, api_version: str, kind: str, about: str, namespace: str) -> dict[str, Any]:
+    """An events.k8s.io Event about the object ``kind``/``about`` in ``namespace``."""
+    return {
+        "apiVersion": "events.k8s.io/v1",
+        "kind": "Event",
+        "metadata": {"name": name},
+        "eventTime": "2025-01-01T00:00:00.000000Z",
+        "reportingController": "watchcache.test/controller",
+        "reportingInstance": "test",
+        "action": "Testing",
+        "reason": "Testing",
+        "type": "Normal",
+        "note": f"about {kind} {about}",
+        "regarding": {
+            "apiVersion": api_version,
+            "kind": kind,
+            "name": about,
+            "namespace": namespace,
+        },
+    }

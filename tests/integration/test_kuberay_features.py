@@ -21,7 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import pytest
 import yaml
-from kubeio import kube_json
+from kubeio import event, kube_json
 from support.controlplane import ControlPlane
 from watchclient import WatchStream, is_initial_events_end
 
@@ -413,29 +413,6 @@ def test_defaults_of_one_kind_do_not_reach_another(
 
 
 # ---- Ray events ----------------------------------------------------------------------------
-def event(
-    name: str, api_version: str, kind: str, about: str, namespace: str = EVENTS_NS
-) -> dict[str, Any]:
-    return {
-        "apiVersion": "events.k8s.io/v1",
-        "kind": "Event",
-        "metadata": {"name": name},
-        "eventTime": "2025-01-01T00:00:00.000000Z",
-        "reportingController": "watchcache.test/controller",
-        "reportingInstance": "test",
-        "action": "Testing",
-        "reason": "Testing",
-        "type": "Normal",
-        "note": f"about {kind} {about}",
-        "regarding": {
-            "apiVersion": api_version,
-            "kind": kind,
-            "name": about,
-            "namespace": namespace,
-        },
-    }
-
-
 def create_event(cp: ControlPlane, *args: str, namespace: str = EVENTS_NS) -> int:
     """Creates an event directly on kube-apiserver; returns its resourceVersion."""
     created = kube_json(cp, "POST", events_path(namespace), event(*args, namespace=namespace))
@@ -574,7 +551,7 @@ def test_event_watch_never_sends_an_event_about_another_kind(
 def test_event_writes_are_405_and_change_nothing(
     cached: Proxy, controlplane: ControlPlane, events: int, method: str, path: str
 ) -> None:
-    body = json.dumps(event("ev-new", "ray.io/v1", "RayCluster", "c1")).encode()
+    body = json.dumps(event("ev-new", "ray.io/v1", "RayCluster", "c1", EVENTS_NS)).encode()
     ctype = "application/merge-patch+json" if method == "PATCH" else JSON
     code, _, answer = cached.request(method, path, body, {"Content-Type": ctype})
     status = json.loads(answer)

@@ -35,6 +35,7 @@ import pytest
 import yaml
 from conftest import Proxy, stop_proxy
 from differential import wait_until
+from kubeio import event
 from support.controlplane import ControlPlane, free_port
 from support.devcerts import DevCerts, ensure
 
@@ -178,27 +179,6 @@ def cluster(name: str, label: str = "ray") -> dict[str, Any]:
     }
 
 
-def ray_event(name: str, about: str, namespace: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "events.k8s.io/v1",
-        "kind": "Event",
-        "metadata": {"name": name},
-        "eventTime": "2025-01-01T00:00:00.000000Z",
-        "reportingController": "watchcache.test/security",
-        "reportingInstance": "test",
-        "action": "Testing",
-        "reason": "Testing",
-        "type": "Normal",
-        "note": f"about {about}",
-        "regarding": {
-            "apiVersion": "ray.io/v1",
-            "kind": "RayCluster",
-            "name": about,
-            "namespace": namespace,
-        },
-    }
-
-
 def _create(cp: ControlPlane, path: str, obj: dict[str, Any]) -> None:
     code, raw = cp.request("POST", path, obj)
     assert code in (201, 409), (path, code, raw[:300])
@@ -242,7 +222,7 @@ def objects(controlplane: ControlPlane) -> dict[str, Any]:
         _create(
             cp,
             f"/apis/events.k8s.io/v1/namespaces/{ns}/events",
-            ray_event(f"wc-sec-ev-{names[0]}", names[0], ns),
+            event(f"wc-sec-ev-{names[0]}", "ray.io/v1", "RayCluster", names[0], ns),
         )
         _create(cp, f"/api/v1/namespaces/{ns}/configmaps", _cm_template(TEMPLATE, ns))
         svc = {
