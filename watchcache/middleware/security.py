@@ -164,36 +164,35 @@ class Security:
         attrs: Attributes | None = None
         key = self.memo_key(request)
         hit = self.memo.get(key) if key is not None else None
-        if hit is not None and hit[0] > started:
-            _, user, attrs = hit
-            request.user = user
-            self.memo_hits += 1
-            response = await call_next(request)
-            if self.audit is not None:
-                self.audit.record(request, user, attrs, response.status, started)
-            return response
         try:
-            # As kube-apiserver: the request's attributes first (the audit of a 401 names
-            # what was asked), then who asks.
-            if self.authorizing or self.impersonation is not None or self.audit is not None:
-                attrs = self.attributes(request)
-            if self.authenticator is not None:
-                user = await self.authenticator.authenticate(credentials(request))
-            if self.impersonation is not None and user is not None:
-                asked = [(n, v) for n, v in request.headers.get_all() if is_impersonation_header(n)]
-                if asked:
-                    assert attrs is not None
-                    user = await self.impersonation.resolve(user, asked, attrs)
-                    for name in {n for n, _ in asked}:
-                        del request.headers[name]
+            if hit is not None and hit[0] > started:
+                _, user, attrs = hit
                 request.user = user
-            if self.authorizing:
-                assert attrs is not None
-                await check(self.authorizer, user or ANONYMOUS_USER, attrs)
-            if key is not None and attrs is not None and request.user is user:
-                if len(self.memo) >= MEMO_ENTRIES:
-                    self.memo.clear()  # bounded: refilled by the next requests
-                self.memo[key] = (started + MEMO_SECONDS, user, attrs)
+                self.memo_hits += 1
+            else:
+                # As kube-apiserver: the request's attributes first (the audit of a 401
+                # names what was asked), then who asks.
+                if self.authorizing or self.impersonation is not None or self.audit is not None:
+                    attrs = self.attributes(request)
+                if self.authenticator is not None:
+                    user = await self.authenticator.authenticate(credentials(request))
+                if self.impersonation is not None and user is not None:
+                    asked = [
+                        (n, v) for n, v in request.headers.get_all() if is_impersonation_header(n)
+                    ]
+                    if asked:
+                        assert attrs is not None
+                        user = await self.impersonation.resolve(user, asked, attrs)
+                        for name in {n for n, _ in asked}:
+                            del request.headers[name]
+                    request.user = user
+                if self.authorizing:
+                    assert attrs is not None
+                    await check(self.authorizer, user or ANONYMOUS_USER, attrs)
+                if key is not None and attrs is not None:
+                    if len(self.memo) >= MEMO_ENTRIES:
+                        self.memo.clear()  # bounded: refilled by the next requests
+                    self.memo[key] = (started + MEMO_SECONDS, user, attrs)
             response = await call_next(request)
         except StatusError as err:
             response = Response.from_status(err, request)
