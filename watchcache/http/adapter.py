@@ -206,15 +206,8 @@ class Adapter(web.RequestHandler):
             self.check(request)
         except StatusError as err:
             req.method = self.method
-            return self.refuse(request, err)
+            return self.answer_early(request, err)
         return None
-
-    async def refuse(self, request: Request, err: StatusError) -> None:
-        await self.answer_early(request, err)
-        if err.code == 400 and err.message.startswith("bad Content-Length"):
-            # Go's server answers 400 and closes; tornado would append a bare 400 of its
-            # own to this answer, so the connection goes once the Status is out.
-            cast("HTTP1Connection", self.request.connection).close()
 
     def check(self, request: Request) -> None:
         """What is refused before any endpoint runs, in kube-apiserver's order."""
@@ -251,20 +244,20 @@ class Adapter(web.RequestHandler):
             raise err
 
         request.endpoint = failing
-        await self.run(request)
+        await self.handle()
+        if err.code == 400 and err.message.startswith("bad Content-Length"):
+            # Go's server answers 400 and closes; tornado would append a bare 400 of its
+            # own to this answer, so the connection goes once the Status is out.
+            cast("HTTP1Connection", self.request.connection).close()
 
     async def handle(self, *args: str, **kwargs: str) -> None:
+        """The request through the chain (or its endpoint alone), then its answer, once."""
         self.request.method = self.method  # as the client sent it (logs, metrics)
-        if self.done or self.req is None:
-            return  # answered while the body arrived (413), or before it (prepare)
         request = self.req
+        if self.done or request is None:
+            return  # answered while the body arrived (413), or before it (prepare)
         request.body = b"".join(self.chunks)
         self.chunks = []
-        await self.run(request)
-
-    get = head = post = put = patch = delete = options = handle
-
-    async def run(self, request: Request) -> None:
         try:
             if self.route.chained:
                 response = await self.served.chain(request)
@@ -274,7 +267,10 @@ class Adapter(web.RequestHandler):
                     response = await request.endpoint(request)
                 except StatusError as err:
                     response = Response.from_status(err, request)
-            await self.send(request, response)
+            if isinstance(response.body, bytes):
+                self.send_bytes(request, response)
+            else:
+                await self.send_stream(response)
         except iostream.StreamClosedError:
             pass  # the client went away
         except Exception as exc:
@@ -283,6 +279,8 @@ class Adapter(web.RequestHandler):
             for callback in request.ended or ():
                 callback()
             request.ended = None
+
+    get = head = post = put = patch = delete = options = handle
 
     def fail(self, request: Request, exc: BaseException) -> None:
         """A failure watchcache could not classify: logged with its traceback under an id
@@ -313,16 +311,11 @@ class Adapter(web.RequestHandler):
         if "Cache-Control" not in response.headers:
             self.set_header("Cache-Control", CACHE_CONTROL)
 
-    async def send(self, request: Request, response: Response) -> None:
-        if self.done:
-            return
-        body = response.body
-        if isinstance(body, bytes):
-            self.send_bytes(request, response)
-            return
-        assert isinstance(body, Stream)
+    async def send_stream(self, response: Response) -> None:
+        """The head, then the body as the stream writes it, then the end of the body."""
+        assert isinstance(response.body, Stream)
         self.write_head(response)
-        await body.run(Out(self))
+        await response.body.run(Out(self))
         self.end()
 
     def send_bytes(self, request: Request, response: Response) -> None:
