@@ -72,8 +72,14 @@ def test_a_full_table_overflows_into_one_maximum_never_into_zero(tmp_path: Path)
 
 
 def test_merge_labels_every_sample_and_keeps_one_head_per_family() -> None:
-    one = '# HELP a_total A.\n# TYPE a_total counter\na_total{code="200"} 3\n# HELP g G.\n# TYPE g gauge\ng 1\n'
-    two = '# HELP a_total A.\n# TYPE a_total counter\na_total{code="200"} 4\n# HELP g G.\n# TYPE g gauge\ng 2\n'
+    one = (
+        '# HELP a_total A.\n# TYPE a_total counter\na_total{code="200"} 3\n'
+        "# HELP g G.\n# TYPE g gauge\ng 1\n"
+    )
+    two = (
+        '# HELP a_total A.\n# TYPE a_total counter\na_total{code="200"} 4\n'
+        "# HELP g G.\n# TYPE g gauge\ng 2\n"
+    )
     text = merge([(0, one), (1, two)], "watchcache_workers 2\n")
     assert text.count("# TYPE a_total counter") == 1
     assert 'a_total{worker="0",code="200"} 3' in text
