@@ -304,6 +304,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port", type=int, default=8888, help="port to listen on (0 picks a free one)"
     )
+    serve.add_argument(
+        "--workers",
+        default="1",
+        metavar="N|auto",
+        help="worker processes sharing the port, each with its own cache and watches (auto:"
+        " the CPUs this process may use, cgroup quota included); see README, Workers",
+    )
+    # Set by the supervisor for the workers it starts (watchcache.workers); not for users.
+    serve.add_argument("--worker-of", default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", default="", help=argparse.SUPPRESS)
     _common(serve)
 
     dev = sub.add_parser(
@@ -363,11 +375,44 @@ def main(argv: Sequence[str] | None = None) -> None:
         stream=sys.stderr,
     )
     if args.command == "serve":
-        from watchcache.server import Server
-
-        run(Server(settings_from(args)))
+        serve(args, list(sys.argv[1:] if argv is None else argv))
     else:
         dev(args)
+
+
+def serve(args: argparse.Namespace, argv: list[str]) -> None:
+    """One server; or, with --workers above 1, the supervisor of that many; or one worker."""
+    from watchcache import workers
+    from watchcache.server import Server
+
+    if args.worker_of is not None:
+        import socket
+
+        fds = [int(fd) for fd in args.listen_fd.split(",") if fd]
+        sockets = [socket.socket(fileno=fd) for fd in fds]
+        context = workers.WorkerContext(Path(args.worker_of), args.worker_index, args.worker_count)
+        run(Server(settings_from(args), sockets=sockets, worker=context))
+        return
+    try:
+        count = workers.workers_count(args.workers)
+    except ValueError as exc:
+        sys.exit(f"watchcache: {exc}")
+    if count == 1:
+        run(Server(settings_from(args)))
+        return
+    settings = settings_from(args)
+    try:
+        from watchcache.server import check_exposure
+
+        check_exposure(settings)
+        if "serve" in argv:
+            argv.remove("serve")
+        code = workers.supervise(
+            argv, count, settings.bind, settings.port, settings.limits.shutdown_grace
+        )
+    except (ValueError, OSError) as exc:
+        sys.exit(f"watchcache: {exc}")
+    sys.exit(code)
 
 
 def run(server: Any) -> None:

@@ -70,6 +70,15 @@ def _labels(**labels: object) -> str:
 
 
 def render(runtime: Observed, requests: RequestCounter) -> bytes:
+    """/metrics: this process's series or, with several workers, every worker's (the
+    runtime's ``whole_server``, see watchcache.workers)."""
+    own = render_own(runtime, requests)
+    whole = getattr(runtime, "whole_server", None)
+    return own if whole is None else bytes(whole(own))
+
+
+def render_own(runtime: Observed, requests: RequestCounter) -> bytes:
+    """This process's series."""
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -173,6 +182,19 @@ def render(runtime: Observed, requests: RequestCounter) -> bytes:
         "Writes answered before the cache showed them (read-your-writes bound hit).",
         [(lb, r.write_wait_timeouts) for _, r, lb in res],
     )
+    if any(r.written is not None for _, r, _ in res):
+        metric(
+            "watchcache_worker_write_waits_total",
+            "counter",
+            "Reads that waited for another worker's write to reach this worker's cache.",
+            [(lb, r.written_waits) for _, r, lb in res],
+        )
+        metric(
+            "watchcache_worker_write_delegated_total",
+            "counter",
+            "Reads sent upstream: another worker's write had not reached this cache in time.",
+            [(lb, r.written_delegated) for _, r, lb in res],
+        )
     by_resource: Counter[str] = Counter()
     watches: Counter[str] = Counter()
     for reflector in runtime.reflectors:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +17,7 @@ from tornado.netutil import bind_sockets
 from watchcache.cache.hub import HistoryLimits, Hub
 from watchcache.cache.reflector import Reflector
 from watchcache.cache.resource import CachedResource, render_cache
+from watchcache.cache.shared import WrittenVersions
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, SecuritySettings, Settings
@@ -26,12 +29,13 @@ from watchcache.http.read import ResourceEndpoint, resource_routes
 from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
 from watchcache.http.tls import ServingCertificate
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
-from watchcache.metrics import RequestCounter
+from watchcache.metrics import RequestCounter, render_own
 from watchcache.middleware.core import Middleware, Next, compose
 from watchcache.middleware.features import Feature, builtin_features
 from watchcache.middleware.security import Security, build_security
 from watchcache.upstream.client import Credentials, LineSink, Upstream, load_credentials
 from watchcache.upstream.discovery import Discovery
+from watchcache.workers import METRICS_EVERY, WorkerContext
 
 log = logging.getLogger("watchcache")
 
@@ -253,10 +257,18 @@ class Server:
         middleware: Sequence[Middleware] = (),
         features: Sequence[Feature] | None = None,
         credentials: Credentials | None = None,
+        sockets: Sequence[socket.socket] | None = None,
+        worker: WorkerContext | None = None,
     ) -> None:
         """``features``: the features to run (see middleware.features); None, the built-in
-        KubeRay ones that ``settings`` asks for; ``[]``, none. ``middleware`` run after them."""
+        KubeRay ones that ``settings`` asks for; ``[]``, none. ``middleware`` run after them.
+        ``sockets``: listening sockets bound already (else --bind and --port are bound);
+        ``worker``: this server is one of several workers (watchcache.workers)."""
         self.settings = settings
+        self._sockets = list(sockets) if sockets is not None else None
+        self.worker = worker
+        self._written: WrittenVersions | None = None
+        self._publisher: asyncio.Task[None] | None = None
         self.middleware = list(middleware)
         self.features = None if features is None else list(features)
         self._credentials = credentials
@@ -270,6 +282,8 @@ class Server:
             self.settings.kubeconfig, self.settings.context
         )
         self.runtime = Runtime(self.settings, Upstream(creds), self.middleware, self.features)
+        if self.worker is not None:
+            self._share(self.worker, self.runtime)
         self.runtime.start()
         app = make_app(self.runtime)
         limits = self.settings.limits
@@ -284,7 +298,7 @@ class Server:
             )
         self._http = BoundedHTTPServer(app, limits, tls)
         self.runtime.connections = self._http.stats
-        sockets = bind_sockets(self.settings.port, self.settings.bind)
+        sockets = self._sockets or bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
         log.info(
@@ -297,6 +311,28 @@ class Server:
             self._http.max_connections,
             security_summary(sec),
         )
+
+    def _share(self, worker: WorkerContext, runtime: Runtime) -> None:
+        """One of several workers: the shared written versions, and /metrics of them all."""
+        self._written = WrittenVersions(worker.written_path)
+        for resource in runtime.cached.values():
+            resource.written = self._written
+        runtime.whole_server = worker.merged  # type: ignore[attr-defined]
+        self._publisher = asyncio.ensure_future(self._publish(worker, runtime, os.getppid()))
+
+    async def _publish(self, worker: WorkerContext, runtime: Runtime, parent: int) -> None:
+        """Writes this worker's metrics for the others every second; stops this worker
+        when its supervisor is gone."""
+        while True:
+            try:
+                worker.publish(render_own(runtime, runtime.requests))
+            except OSError as exc:
+                log.warning("cannot write this worker's metrics: %s", exc)
+            if os.getppid() != parent:
+                log.warning("the supervisor is gone; stopping")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            await asyncio.sleep(METRICS_EVERY)
 
     async def stop(self) -> None:
         """Stops accepting, ends the watches, lets requests in flight finish (within the
@@ -318,6 +354,8 @@ class Server:
             await self._http.close_all_connections()
         if self.runtime is not None:
             self.runtime.upstream.close()
+        if self._publisher is not None:
+            self._publisher.cancel()
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -12,6 +12,7 @@ render pages and write streams.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -84,11 +85,67 @@ async def synced(res: CachedResource) -> None:
         )
 
 
+def behind_writes(res: CachedResource, namespace: str | None) -> list[tuple[str | None, int]]:
+    """The feeds (of ``namespace``, or all) whose version is below what another worker's
+    write reached (cache.shared), with that version; empty with one worker."""
+    table = res.written
+    if table is None:
+        return []
+    store = res.store
+    feeds = store.feeds()
+    if namespace is not None:
+        feeds = (None,) if None in feeds else ((namespace,) if namespace in feeds else ())
+    out = []
+    for feed in feeds:
+        wanted = table.get(res.key, feed)
+        if wanted and (store.feed_rv(feed or "") or 0) < wanted:
+            out.append((feed, wanted))
+    return out
+
+
+async def caught_up(res: CachedResource, namespace: str | None) -> bool:
+    """True once this worker's cache shows every write any worker answered (read-your-writes
+    across workers), at most ``rv_wait`` seconds; at once with one worker."""
+    if res.written is None or not (behind := behind_writes(res, namespace)):
+        return True
+    res.written_waits += 1
+    store = res.store
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + res.rv_wait
+    while behind:
+        left = deadline - loop.time()
+        if left <= 0:
+            res.written_delegated += 1
+            return False
+        # Woken by any change; a feed's bookmark notifies nobody, so also look again soon.
+        changed: asyncio.Future[None] = loop.create_future()
+
+        def wake(_event: object, changed: asyncio.Future[None] = changed) -> None:
+            if not changed.done():
+                changed.set_result(None)
+
+        unsubscribe = store.subscribe(wake)
+        try:
+            await asyncio.wait_for(changed, min(left, POLL))
+        except TimeoutError:
+            pass
+        finally:
+            unsubscribe()
+        behind = [(f, rv) for f, rv in behind if (store.feed_rv(f or "") or 0) < rv]
+    return True
+
+
+POLL = 0.005  # seconds between two looks at a feed's version while waiting for it
+
+
 async def get(
     res: CachedResource, namespace: str, name: str, rv_text: str | None
 ) -> Entry | Delegate:
-    """One object, or Delegate for a resourceVersion the cache has not reached."""
+    """One object, or Delegate for a resourceVersion the cache has not reached (or, with
+    several workers, a write another worker answered that this cache does not show yet)."""
     store = res.store
+    if res.written is not None and not await caught_up(res, namespace):
+        return Delegate("another worker's write not reached")
     if rv_text not in (None, "", "0"):
         rv = resource_version_int(rv_text)
         if not await store.wait_for(rv, res.rv_wait):
@@ -102,6 +159,8 @@ async def get(
 async def list_(res: CachedResource, namespace: str | None, opts: ListOptions) -> Page | Delegate:
     """A list: the live store, a retained snapshot, or Delegate."""
     store = res.store
+    if res.written is not None and not await caught_up(res, namespace):
+        return Delegate("another worker's write not reached")
     rv_text = opts.resource_version or ""
     limit = 0 if rv_text == "0" else opts.limit  # rv "0": the whole list, always
     start: Key | None = None
@@ -206,6 +265,8 @@ async def watch(
     after a version; Delegate when the initial state must be at least as new as a version
     the cache has not reached (the API server can tell; the cache cannot)."""
     store, _hub = res.store, res.hub
+    if res.written is not None and not await caught_up(res, namespace):
+        return Delegate("another worker's write not reached")
     if opts.timeout_seconds is not None and opts.timeout_seconds < 0:
         # Past its deadline before it starts: it ends at once with no event; but a
         # consistent start first waits for a fresh state, and that wait fails.

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from watchcache.cache.hub import Hub
+from watchcache.cache.shared import WrittenVersions
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
 from watchcache.kube.resources import ResourceSpec
@@ -41,6 +42,14 @@ class CachedResource:
     # How long a write's answer may wait for the cache to show it (read-your-writes).
     write_wait: float = 5.0
     write_wait_timeouts: int = 0
+    # With several workers: the versions every worker's writes reached (cache.shared).
+    written: WrittenVersions | None = None
+    written_waits: int = 0  # reads that waited for another worker's write, and delegations
+    written_delegated: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.spec.group}/{self.spec.plural}"
 
 
 @dataclass(slots=True)

@@ -283,6 +283,10 @@ class Store:
             return min(self.changed_rv, self.rv)
         return self.changed_at(namespace)
 
+    def feeds(self) -> tuple[str | None, ...]:
+        """The feeds filling this store: one namespace each, or None for all of them."""
+        return tuple(self._feed_rv)
+
     def feed_rv(self, namespace: str) -> int | None:
         """The version up to which the feed holding ``namespace`` has delivered its changes;
         None when no feed holds it (the namespace is not cached)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -65,6 +66,34 @@ async def shown(res: CachedResource, wanted: list[Target], what: str) -> bool:
         return (store.feed_rv(ns) or 0) >= rv
 
     deadline = time.monotonic() + res.write_wait
+    try:
+        return await _wait(res, wanted, what, seen, deadline)
+    finally:
+        if res.written is not None:
+            _share(res, wanted)
+
+
+def _share(res: CachedResource, wanted: list[Target]) -> None:
+    """Tells the other workers what this write reached (cache.shared): the written version,
+    or for an object deleted outright (whose deletion's version the answer does not carry)
+    the version this cache has reached by now."""
+    assert res.written is not None
+    store = res.store
+    feeds = store.feeds()
+    for ns, _name, rv in wanted:
+        feed = None if None in feeds else ns
+        reached = rv if rv is not None else store.feed_rv(ns) or 0
+        res.written.record(res.key, feed, reached)
+
+
+async def _wait(
+    res: CachedResource,
+    wanted: list[Target],
+    what: str,
+    seen: Callable[[Target], bool],
+    deadline: float,
+) -> bool:
+    store = res.store
     while not all(seen(t) for t in wanted):
         left = deadline - time.monotonic()
         if left <= 0:
