@@ -27,6 +27,8 @@ from watchcache.auth.authn import Credentials, UnionAuthenticator, X509Authentic
 from watchcache.auth.tokenfile import TokenFileAuthenticator
 from watchcache.auth.tokenreview import TokenReviewAuthenticator
 from watchcache.auth.user import ANONYMOUS_USER, UserInfo
+from watchcache.http.clientcerts import ClientCertificate
+from watchcache.http.tls import judge, server_context
 from watchcache.kube.status import StatusError, unauthorized
 from watchcache.upstream.client import Upstream, load_credentials
 
@@ -263,28 +265,38 @@ def test_anonymous_off_agrees_with_kube_apiserver(
 # ---- client certificates ------------------------------------------------------------------
 
 
+PeerOf = Callable[[Any], ClientCertificate | None]
+
+
+def peer_credentials(
+    peer: ClientCertificate | None, authorization: str | None = None
+) -> Credentials:
+    """The credentials a request on that connection presents, as the adapter builds them."""
+    if peer is None:
+        return Credentials(authorization)
+    return Credentials(authorization, peer.subject, peer.der, peer.error)
+
+
 @pytest.fixture(scope="module")
-def tls_peer(controlplane: ControlPlane) -> Iterator[Callable[..., tuple[Any, bytes | None]]]:
-    """A TLS server trusting the control plane's client CA, as watchcache's would: returns
-    what ``getpeercert()`` (and its DER form) give for a connection with a certificate."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(
-        str(controlplane.workdir / "serving.crt"), str(controlplane.workdir / "serving.key")
+def tls_peer(controlplane: ControlPlane) -> Iterator[PeerOf]:
+    """A TLS server trusting the control plane's client CA with watchcache's own context
+    and accept step: returns the verdict on a connection's client certificate."""
+    ctx = server_context(
+        str(controlplane.workdir / "serving.crt"),
+        str(controlplane.workdir / "serving.key"),
+        str(controlplane.client_ca_file),
     )
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.load_verify_locations(str(controlplane.client_ca_file))
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
 
-    def connect(cert: Any) -> tuple[Any, bytes | None]:
+    def connect(cert: Any) -> ClientCertificate | None:
         result: dict[str, Any] = {}
 
         def serve() -> None:
             conn, _ = listener.accept()
             try:
                 with ctx.wrap_socket(conn, server_side=True) as tls:
-                    result["cert"] = tls.getpeercert()
-                    result["der"] = tls.getpeercert(binary_form=True)
+                    result["peer"] = judge(tls, ctx)
                     tls.sendall(b"ok")
             except (ssl.SSLError, OSError) as exc:
                 result["error"] = exc
@@ -306,7 +318,8 @@ def tls_peer(controlplane: ControlPlane) -> Iterator[Callable[..., tuple[Any, by
         thread.join(10)
         if "error" in result:
             raise result["error"]
-        return result.get("cert") or None, result.get("der")
+        peer: ClientCertificate | None = result.get("peer")
+        return peer
 
     yield connect
     listener.close()
@@ -324,51 +337,58 @@ def tls_peer(controlplane: ControlPlane) -> Iterator[Callable[..., tuple[Any, by
 )
 def test_client_certificates_map_as_kube_apiserver_maps_them(
     controlplane: ControlPlane,
-    tls_peer: Callable[..., tuple[Any, bytes | None]],
+    tls_peer: PeerOf,
     subject: tuple[str, tuple[str, ...], str | None],
 ) -> None:
     cn, orgs, uid = subject
     cert = controlplane.issue_client_cert(cn, orgs, uid=uid)
     direct = kube_decides(controlplane, [], cert=cert)
-    peer, der = tls_peer(cert)
-    assert peer is not None
+    peer = tls_peer(cert)
+    assert peer is not None and peer.error is None
     chain = UnionAuthenticator([X509Authenticator()])
-    ours = asyncio.run(we_decide(chain, Credentials(peer_cert=peer, peer_cert_der=der)))
+    ours = asyncio.run(we_decide(chain, peer_credentials(peer)))
     assert ours == direct
     if cn:
         assert isinstance(ours, UserInfo) and ours.name == cn and ours.uid == (uid or "")
 
 
-def test_a_certificate_of_another_ca(
-    controlplane: ControlPlane, tls_peer: Callable[..., tuple[Any, bytes | None]]
+def test_a_certificate_of_another_ca_is_a_bad_credential(
+    controlplane: ControlPlane, tokens: Tokens, tls_peer: PeerOf
 ) -> None:
-    """kube-apiserver takes the certificate in the TLS handshake and refuses it as a
-    credential (401). Python's TLS cannot take a certificate it does not verify, so a
-    server using ``Credentials.peer_cert`` refuses the handshake instead: either way the
-    certificate authenticates nobody."""
+    """As kube-apiserver: the handshake completes, the certificate (whose subject claims
+    system:masters) is refused as a credential (401), and a good token on the same request
+    still authenticates its own user."""
     cert = controlplane.issue_client_cert("mallory", ("system:masters",), other_ca=True)
+    peer = tls_peer(cert)
+    assert peer is not None and peer.subject is None and peer.error
+    for header in (None, f"Bearer {tokens.static}".encode()):
+        headers = [] if header is None else [("Authorization", header)]
+        direct = kube_decides(controlplane, headers, cert=cert)
+
+        async def ours(upstream: Upstream, header: bytes | None = header) -> Decision:
+            chain = UnionAuthenticator([X509Authenticator(), TokenReviewAuthenticator(upstream)])
+            authorization = _credentials([header]).authorization if header else None
+            return await we_decide(chain, peer_credentials(peer, authorization))
+
+        assert with_upstream(controlplane, ours) == direct
     assert kube_decides(controlplane, [], cert=cert) == "401"
-    with pytest.raises(ssl.SSLError):
-        tls_peer(cert)
 
 
 def test_a_certificate_and_a_token_first_success_wins(
-    controlplane: ControlPlane, tokens: Tokens, tls_peer: Callable[..., tuple[Any, bytes | None]]
+    controlplane: ControlPlane, tokens: Tokens, tls_peer: PeerOf
 ) -> None:
     """kube-apiserver tries the certificate first; a good certificate wins over a bad token,
     and a good token over a certificate without a CN."""
     good, nocn = (controlplane.issue_client_cert(cn, ("g",)) for cn in ("dave", ""))
     for cert, header in ((good, b"Bearer garbage"), (nocn, f"Bearer {tokens.static}".encode())):
         direct = kube_decides(controlplane, [("Authorization", header)], cert=cert)
-        peer, der = tls_peer(cert)
+        peer = tls_peer(cert)
 
-        async def ours(
-            upstream: Upstream, peer: Any = peer, der: Any = der, header: bytes = header
-        ) -> Decision:
+        async def ours(upstream: Upstream, peer: Any = peer, header: bytes = header) -> Decision:
             chain = UnionAuthenticator([X509Authenticator(), TokenReviewAuthenticator(upstream)])
-            creds = _credentials([header])
-            creds = Credentials(creds.authorization, peer_cert=peer, peer_cert_der=der)
-            return await we_decide(chain, creds)
+            return await we_decide(
+                chain, peer_credentials(peer, _credentials([header]).authorization)
+            )
 
         assert with_upstream(controlplane, ours) == direct
         assert isinstance(direct, UserInfo)

@@ -29,13 +29,15 @@ from typing import Any
 import pytest
 from support import devcerts
 from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnection
-from tornado.iostream import IOStream, SSLIOStream
+from tornado.iostream import IOStream
 from tornado.netutil import bind_sockets
 from tornado.tcpserver import TCPServer
 from tornado.web import Application, RequestHandler
 
+from watchcache.http import clientcerts
 from watchcache.http.tls import (
     PLAIN_HTTP_ANSWER,
+    JudgedStream,
     ServingCertificate,
     accept_tls,
     server_context,
@@ -96,12 +98,14 @@ class Ok(RequestHandler):
 
 
 class WhoAmI(RequestHandler):
-    """The verified client certificate's subject, as x509 authentication will read it."""
+    """The verdict on the client certificate, as x509 authentication reads it: the verified
+    subject, or why it did not verify."""
 
     def get(self) -> None:
         stream = self.request.connection.stream  # type: ignore[union-attr]
-        cert = stream.socket.getpeercert()
-        self.write(json.dumps({"subject": cert["subject"] if cert else None}))
+        cert = stream.client_certificate
+        subject = cert.subject["subject"] if cert and cert.subject else None
+        self.write(json.dumps({"subject": subject, "error": cert.error if cert else None}))
 
 
 class Port(RequestHandler):
@@ -131,7 +135,7 @@ class StreamType(RequestHandler):
         self.write(type(self.request.connection.stream).__name__)  # type: ignore[union-attr]
 
 
-class OwnStream(SSLIOStream):
+class OwnStream(JudgedStream):
     """A server's own stream class, as ``make_stream`` builds it."""
 
 
@@ -140,7 +144,7 @@ class Harness(TCPServer):
         self,
         tls: ServingCertificate | ssl.SSLContext,
         timeout: float,
-        make_stream: Callable[[ssl.SSLSocket], SSLIOStream] | None = None,
+        make_stream: Callable[[ssl.SSLSocket], JudgedStream] | None = None,
     ) -> None:
         super().__init__()
         self.tls, self.timeout, self.make_stream = tls, timeout, make_stream
@@ -170,7 +174,7 @@ class Running:
         self,
         tls: ServingCertificate | ssl.SSLContext,
         timeout: float = HANDSHAKE_TIMEOUT,
-        make_stream: Callable[[ssl.SSLSocket], SSLIOStream] | None = None,
+        make_stream: Callable[[ssl.SSLSocket], JudgedStream] | None = None,
     ) -> None:
         self.tls = tls
         self.loop = asyncio.new_event_loop()
@@ -350,41 +354,49 @@ def test_a_client_without_a_certificate_is_served(serving: Running, certs: Certs
     conn.request("GET", "/whoami")
     resp = conn.getresponse()
     assert resp.status == 200
-    assert json.loads(resp.read()) == {"subject": None}
+    assert json.loads(resp.read()) == {"subject": None, "error": None}
     conn.close()
 
 
-def test_a_client_certificate_of_another_ca_ends_in_a_tls_alert(
-    serving: Running, certs: Certs
+@pytest.mark.parametrize("tls_max", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_client_certificate_of_another_ca_is_served_and_judged_untrusted(
+    serving: Running, certs: Certs, tls_max: ssl.TLSVersion
 ) -> None:
-    """Python's ssl verifies what the client sends and fails the handshake: the client gets
-    the alert unknown_ca, never an HTTP answer (kube-apiserver would answer 401)."""
-    # TLS 1.2: the client waits for the server's Finished and reads the alert instead.
+    """As kube-apiserver: the handshake completes and the request learns that the
+    certificate did not verify (authentication then answers 401); its subject, which names
+    system:masters, is never read."""
     ctx = client_context(certs, certs.stranger)
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
-    with pytest.raises(ssl.SSLError, match="UNKNOWN_CA"):
-        https(serving, ctx).connect()
-    # TLS 1.3: the client's side of the handshake is over before the server verifies; the
-    # alert comes on its first read, or, when its request crosses the server's close, the
-    # connection just ends. Either way, no answer.
-    conn = https(serving, client_context(certs, certs.stranger))
-    conn.connect()
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        conn.request("GET", "/whoami")
-        conn.getresponse().read()
+    ctx.maximum_version = tls_max
+    conn = https(serving, ctx)
+    conn.request("GET", "/whoami")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert json.loads(resp.read()) == {
+        "subject": None,
+        "error": "unable to get local issuer certificate",
+    }
     conn.close()
-    out = subprocess.run(
-        ["curl", "-sS", "--cacert", str(certs.dev.ca_file), "--cert", str(certs.stranger[0]),
-         "--key", str(certs.stranger[1]), "--tls-max", "1.2", f"{serving.url}/"],
-        capture_output=True, text=True, timeout=CLIENT_TIMEOUT,
+
+
+def test_an_expired_client_certificate_and_one_for_servers_only_are_judged_untrusted(
+    serving: Running, certs: Certs, tmp_path: Path
+) -> None:
+    expired = (tmp_path / "expired.crt", tmp_path / "expired.key")
+    devcerts.issue(
+        certs.dev.ca_file, certs.dev.ca_key_file, *expired, subject="/CN=alice",
+        extensions=["extendedKeyUsage=clientAuth"], days=-1,
     )  # fmt: skip
-    assert (out.returncode, out.stdout) == (35, "")  # 35: the handshake failed
-    assert "unknown ca" in out.stderr
-    # the server is unharmed
-    with urllib.request.urlopen(
-        f"{serving.url}/", context=client_context(certs), timeout=CLIENT_TIMEOUT
-    ) as resp:
-        assert resp.read() == b"ok"
+    server_only = (tmp_path / "server.crt", tmp_path / "server.key")
+    devcerts.issue(
+        certs.dev.ca_file, certs.dev.ca_key_file, *server_only, subject="/CN=alice",
+        extensions=["extendedKeyUsage=serverAuth"], days=2,
+    )  # fmt: skip
+    for pair, reason in ((expired, "certificate has expired"),
+                         (server_only, "unsuitable certificate purpose")):  # fmt: skip
+        conn = https(serving, client_context(certs, pair))
+        conn.request("GET", "/whoami")
+        assert json.loads(conn.getresponse().read()) == {"subject": None, "error": reason}
+        conn.close()
 
 
 # ---- clients that do not speak TLS -------------------------------------------------------
@@ -575,3 +587,35 @@ def test_dev_certificates_are_reused_while_valid(tmp_path: Path) -> None:
     assert f"--cacert {first.ca_file}" in how
     assert f"certificate-authority: {first.ca_file}" in how
     assert f"REQUESTS_CA_BUNDLE={first.ca_file}" in how
+
+
+# ---- where OpenSSL's callback cannot be reached ------------------------------------------
+def test_the_ssl_ctx_pointer_is_used_only_when_openssl_confirms_it(certs: Certs) -> None:
+    lib = clientcerts._lib()
+    assert lib is not None
+    plain = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # verify mode none: not the context asked for
+    assert lib.ssl_ctx(plain) is None
+    asking = server_context(str(certs.dev.cert_file), str(certs.dev.key_file), str(certs.other_ca))
+    assert asking.client_cas is not None
+
+
+def test_without_openssls_callback_the_handshake_verifies_as_python_does(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(clientcerts, "_lib", lambda: None)
+    monkeypatch.setattr(clientcerts, "_unavailable", "no OpenSSL here")
+    with caplog.at_level(logging.WARNING, "watchcache.http.tls"):
+        ctx = server_context(
+            str(certs.dev.cert_file), str(certs.dev.key_file), str(certs.dev.ca_file)
+        )
+    assert ctx.client_cas is None and ctx.verify_mode == ssl.CERT_OPTIONAL
+    assert "TLS alert" in caplog.text and "no OpenSSL here" in caplog.text
+    running = Running(ServingCertificate(str(certs.dev.cert_file), str(certs.dev.key_file),
+                                         str(certs.dev.ca_file)))  # fmt: skip
+    try:
+        ctx12 = client_context(certs, certs.stranger)
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(ssl.SSLError, match="UNKNOWN_CA"):
+            https(running, ctx12).connect()
+    finally:
+        running.stop()

@@ -71,6 +71,8 @@ class Credentials:
     ``peer_cert``: ``SSLSocket.getpeercert()`` of a client certificate the TLS layer has
     VERIFIED against the client CA, or None; ``peer_cert_der`` its DER form
     (``getpeercert(binary_form=True)``), which gives the user kube-apiserver's credential-id.
+    ``peer_cert_error``: why a client certificate the client did send did not verify (another
+    CA, expired, not for client use), or None; such a certificate is a bad credential.
     ``websocket_protocols``: the ``Sec-WebSocket-Protocol`` header values, given only for a
     WebSocket upgrade (kube-apiserver reads a token there for no other request).
     """
@@ -78,6 +80,7 @@ class Credentials:
     authorization: str | None = None
     peer_cert: Mapping[str, Any] | None = None
     peer_cert_der: bytes | None = None
+    peer_cert_error: str | None = None
     websocket_protocols: tuple[str, ...] = ()
 
 
@@ -242,13 +245,16 @@ class X509Authenticator:
     Kubernetes UID attribute the uid, the DER's SHA-256 the credential-id extra; as
     kube-apiserver's ``--client-ca-file``.
 
-    The certificate must already be verified against the client CA by the TLS layer; this
-    only maps it. A certificate without a CN is no credential (anonymous), as in
-    kube-apiserver."""
+    The TLS layer verifies the certificate against the client CA; this maps a verified one
+    and refuses one that did not verify (401 unless another credential of the request is
+    good, as in kube-apiserver). A certificate without a CN is no credential (anonymous), as
+    in kube-apiserver."""
 
     name = "x509"
 
     async def authenticate(self, credentials: Credentials) -> UserInfo | None:
+        if credentials.peer_cert_error is not None:
+            raise AuthenticationFailed(f"x509: {credentials.peer_cert_error}")
         if credentials.peer_cert is None:
             return None
         return user_from_certificate(credentials.peer_cert, credentials.peer_cert_der)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from tornado import iostream, web
 
 from watchcache.http.conditional import GZIP_THRESHOLD, encoded, etag_matches
+from watchcache.http.tls import JudgedStream
 from watchcache.kube.bodies import MAX_BODY, content_length, request_too_large
 from watchcache.kube.gourl import parse_query, request_path
 from watchcache.kube.requestinfo import check_deadline
@@ -192,12 +193,10 @@ class Adapter(web.RequestHandler):
         )
         self.req = request
         stream = cast("HTTP1Connection", req.connection).stream
-        if isinstance(stream, iostream.SSLIOStream) and stream.socket is not None:
-            sock = stream.socket
-            request.peer_cert = sock.getpeercert() or None
-            request.peer_cert_der = (
-                sock.getpeercert(binary_form=True) if request.peer_cert else None
-            )
+        if isinstance(stream, JudgedStream) and stream.client_certificate is not None:
+            cert = stream.client_certificate
+            request.peer_cert, request.peer_cert_der = cert.subject, cert.der
+            request.peer_cert_error = cert.error
         self.method = request.method
         if request.method not in STANDARD_METHODS:
             # tornado calls the handler's method of that name: every one is ``handle``.

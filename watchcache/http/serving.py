@@ -40,7 +40,7 @@ from tornado.http1connection import HTTP1ConnectionParameters, HTTP1ServerConnec
 from tornado.ioloop import IOLoop
 
 from watchcache.config import ServerLimits
-from watchcache.http.tls import ServingCertificate, accept_tls
+from watchcache.http.tls import JudgedStream, ServingCertificate, accept_tls
 from watchcache.kube.status import StatusError, too_many_requests
 
 log = logging.getLogger("watchcache.http")
@@ -168,7 +168,7 @@ class Stream(iostream.IOStream):
         super().close_fd()
 
 
-class TLSStream(Stream, iostream.SSLIOStream):
+class TLSStream(Stream, JudgedStream):
     """A connection over TLS. A header block over the limit is dropped here, not answered:
     the answer would have to go through the TLS session tornado is closing."""
 

@@ -19,35 +19,16 @@ Two pieces, wired by the server's ``handle_stream``:
   Looking and handshaking together are bounded by ``handshake_timeout``, so a client that
   connects and says nothing, or stops mid-handshake, does not hold a descriptor.
 
-Client certificates, and why an unknown CA fails the handshake. With a client CA the server
-asks for a certificate but does not require one (``CERT_OPTIONAL``): a client without one is
-served (anonymous to x509 authentication; ``getpeercert()`` is ``None``), and one that
-verifies against the CA is readable by the application with ``stream.socket.getpeercert()``.
-kube-apiserver asks without verifying during the handshake (Go's ``RequestClientCert``) and
-answers 401 to a certificate it does not trust. Python's ``ssl`` has no such mode:
-
-- ``CERT_OPTIONAL`` (used here) verifies whatever the client sends, and a failure ends the
-  handshake with a TLS alert;
-- ``CERT_NONE`` sends no certificate request, so a client sends none and
-  ``getpeercert(binary_form=True)`` is ``None``: nothing for the application to judge;
-- the standard library has neither a verification callback nor an X.509 path validation of
-  its own, so the application can neither accept the handshake and judge later, nor check a
-  DER chain itself. OpenSSL's callback (``SSL_CTX_set_verify``) can be reached through
-  ctypes by reading the ``SSL_CTX`` pointer out of CPython's private ``SSLContext`` layout;
-  that works, but then ``getpeercert()`` returns the unverified subject (any CN, any O, such
-  as ``system:masters``) exactly as it returns a verified one, a trap for every reader of
-  the certificate, on top of depending on CPython internals. Not done.
-
-So a certificate from another CA (likewise an expired one, or one not for client use) gets
-an alert, ``unknown_ca`` for another CA. With TLS 1.2 the client's handshake fails (curl:
-exit 35, "tlsv1 alert unknown ca"; Python: ``ssl.SSLError`` TLSV1_ALERT_UNKNOWN_CA). With
-TLS 1.3 the client's side of the handshake has finished when the server verifies, so the
-alert arrives on its first read (curl: exit 56, "tlsv1 alert unknown ca"; kubectl: "Unable
-to connect to the server: remote error: tls: unknown certificate authority"), or, when its
-request crosses the server's close, as an end of connection (``SSLEOFError``, a reset). The
-client learns what a 401 would tell it (its certificate is not accepted), not as a
-``Status``. The server logs it through tornado, one warning line per handshake naming the
-peer and OpenSSL's reason (CERTIFICATE_VERIFY_FAILED), nothing of the certificate.
+Client certificates. With a client CA the server asks for a certificate but does not require
+one (``CERT_OPTIONAL``), and, like kube-apiserver, judges it as a credential after the
+handshake rather than in it (``clientcerts``): a client without one is anonymous to x509
+authentication, one that verifies against the CA is its subject, and one that does not
+(another CA, expired, not for client use) completes the handshake and gets a 401 ``Status``
+on its request, unless another credential of the request is good. The verdict is reached
+once per connection, in ``accept_tls``, and kept on the stream (``JudgedStream``). Where
+OpenSSL's callback cannot be reached (see ``clientcerts``), the handshake verifies as
+Python's ``ssl`` does and a certificate that does not verify gets a TLS alert instead
+(``unknown_ca`` for another CA), logged once at start.
 """
 
 from __future__ import annotations
@@ -65,6 +46,8 @@ from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, SSLIOStream, StreamClosedError
 from tornado.netutil import ssl_wrap_socket
 
+from watchcache.http.clientcerts import ClientCAs, ClientCertificate, defer_verification
+
 log = logging.getLogger("watchcache.http.tls")
 
 # kube-apiserver's answer (Go's net/http) to plain HTTP on a TLS port, byte for byte.
@@ -81,12 +64,25 @@ CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 _Signature = tuple[tuple[int, int, int] | None, ...]
 
 
+class ServerContext(ssl.SSLContext):
+    """A server context, and the client CA that judges client certificates after the
+    handshake (None when there is no client CA, or the handshake verifies them itself)."""
+
+    client_cas: ClientCAs | None = None
+
+
+class JudgedStream(SSLIOStream):
+    """A TLS connection and the verdict on its client certificate (None: it sent none)."""
+
+    client_certificate: ClientCertificate | None = None
+
+
 def server_context(
     cert_file: str, key_file: str, client_ca_file: str | None = None
-) -> ssl.SSLContext:
+) -> ServerContext:
     """A fresh server context from the files; raises ``OSError``/``ssl.SSLError`` when they
     do not load (missing, unparsable, a key that does not match the certificate)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= (
         ssl.OP_NO_COMPRESSION
@@ -99,9 +95,11 @@ def server_context(
     ctx.load_cert_chain(cert_file, key_file)
     if client_ca_file is not None:
         # Ask, do not require: a client without a certificate is served (and is anonymous
-        # to x509 authentication). One from another CA fails the handshake: see the module.
+        # to x509 authentication). What it sends is judged after the handshake.
         ctx.verify_mode = ssl.CERT_OPTIONAL
         ctx.load_verify_locations(cafile=client_ca_file)
+        if defer_verification(ctx):
+            ctx.client_cas = ClientCAs(client_ca_file)
     return ctx
 
 
@@ -134,7 +132,7 @@ class ServingCertificate:
         self.reloads = 0  # successful reloads, for metrics and tests
         self.failures = 0  # changes of the files that did not load
 
-    def context(self) -> ssl.SSLContext:
+    def context(self) -> ServerContext:
         """The context for a connection being accepted now."""
         now = self._clock()
         if now - self._checked < self.check_every:
@@ -189,9 +187,9 @@ async def accept_tls(
     ctx: ssl.SSLContext | ServingCertificate,
     handshake_timeout: float,
     *,
-    make_stream: Callable[[ssl.SSLSocket], SSLIOStream] | None = None,
-) -> SSLIOStream | None:
-    """The accepted plain ``stream`` as an ``SSLIOStream`` whose handshake is done, ready for
+    make_stream: Callable[[ssl.SSLSocket], JudgedStream] | None = None,
+) -> JudgedStream | None:
+    """The accepted plain ``stream`` as a ``JudgedStream`` whose handshake is done, ready for
     ``HTTP1ServerConnection``; ``None`` when the connection was answered or dropped instead
     (plain HTTP gets the 400, anything else or a timeout is closed). Never raises for what
     a client does.
@@ -199,7 +197,7 @@ async def accept_tls(
     ``stream`` must be as ``TCPServer.handle_stream`` receives it: nothing read, written or
     registered on it yet (no close callback). Afterwards it is no longer used; its socket
     belongs to the returned stream. ``make_stream`` builds that stream from the wrapped
-    socket, for a server whose streams are a subclass; by default a plain ``SSLIOStream``
+    socket, for a server whose streams are a subclass; by default a plain ``JudgedStream``
     with the same buffer sizes as ``stream``.
     """
     sock = stream.socket
@@ -227,7 +225,7 @@ async def accept_tls(
         stream.close()
         return None
     if make_stream is None:
-        tls = SSLIOStream(
+        tls = JudgedStream(
             wrapped, max_buffer_size=stream.max_buffer_size, read_chunk_size=stream.read_chunk_size
         )
     else:
@@ -243,7 +241,20 @@ async def accept_tls(
     except asyncio.CancelledError:
         tls.close()
         raise
+    tls.client_certificate = judge(wrapped, context)
     return tls
+
+
+def judge(sock: ssl.SSLSocket, ctx: ssl.SSLContext) -> ClientCertificate | None:
+    """The verdict on the client certificate of a connection whose handshake is done."""
+    cas = ctx.client_cas if isinstance(ctx, ServerContext) else None
+    if cas is not None:
+        return cas.judge(sock)
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    # Verified in the handshake (or no client CA, so none was asked for).
+    return ClientCertificate(der, sock.getpeercert() or None)
 
 
 async def _peek(sock: socket.socket) -> bytes:

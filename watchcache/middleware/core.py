@@ -177,9 +177,11 @@ class Request:
     resource: ResourceSpec | None = None
     user: UserInfo | None = None
     remote_ip: str | None = None
-    # The client certificate, as verified by TLS (``getpeercert()`` and its DER form).
+    # The client certificate, as verified by TLS (``getpeercert()`` and its DER form), or
+    # why the one the client sent did not verify.
     peer_cert: Mapping[str, object] | None = field(default=None, repr=False)
     peer_cert_der: bytes | None = field(default=None, repr=False)
+    peer_cert_error: str | None = None
     # The request target as the client sent it (what goes upstream unless changed).
     target: str = ""
     extra: dict[str, object] = field(default_factory=dict)

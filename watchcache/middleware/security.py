@@ -68,6 +68,7 @@ def credentials(request: Request) -> Credentials:
         authorization=values[0] if values else None,
         peer_cert=request.peer_cert,
         peer_cert_der=request.peer_cert_der,
+        peer_cert_error=request.peer_cert_error,
         websocket_protocols=protocols,
     )
 
