@@ -264,3 +264,21 @@ def test_api_v1_lists_only_the_namespace_get_watchcache_answers(
     namespaces = next(r for r in want.body["resources"] if r["name"] == "namespaces")
     assert got.code == 200 and got.raw.endswith(b"\n")
     assert got.body == {**want.body, "resources": [{**namespaces, "verbs": ["get"]}]}
+
+
+def test_watch_events_escape_as_kubes_encoder_does(
+    wire_population: None, controlplane: ControlPlane, cached: Proxy
+) -> None:
+    """A watch event's object is written as a get's: '&', '<' and '>' escaped as Go's
+    encoder escapes them (the Ray events' notes carry them)."""
+    path = f"{EVENTS}?watch=true&resourceVersion=0&timeoutSeconds=1"
+    want, got = both(controlplane, cached, path, {})
+
+    def frames(answer: Answer) -> dict[bytes, bytes]:
+        lines = [line for line in answer.raw.splitlines() if line.startswith(b'{"type":"ADDED"')]
+        return {re.search(rb'"name":"(wire-event-\d)"', line).group(1): line for line in lines}  # type: ignore[union-attr]
+
+    theirs, mine = frames(want), frames(got)
+    assert set(theirs) == {b"wire-event-0", b"wire-event-1", b"wire-event-2"}
+    assert mine == theirs
+    assert all(b"\\u0026" in line and b"\\u003c" in line for line in mine.values())

@@ -26,6 +26,7 @@ import orjson
 from cachetools import TTLCache
 
 from watchcache.kube.selectors import FieldSelector, LabelSelector, lookup_path
+from watchcache.kube.wire import go_escape
 
 # "namespace/name", the API server's storage key: lists are in its byte order, which is not
 # (namespace, name) order ("a-1/x" sorts before "a/x"). Cluster-scoped objects: "name".
@@ -68,8 +69,10 @@ class Entry:
             namespace=meta.get("namespace", ""),
             name=meta["name"],
             rv=int(meta["resourceVersion"]),
-            # orjson leaves its output buffer over-allocated (often 2x): keep an exact copy.
-            raw=memoryview(orjson.dumps(obj)).tobytes(),
+            # orjson leaves its output buffer over-allocated (often 2x): keep an exact copy,
+            # with the characters Go's encoder escapes escaped once here, so that a get, a
+            # list and a watch event send these bytes as they are.
+            raw=go_escape(memoryview(orjson.dumps(obj)).tobytes()),
             # Label keys and values repeat across objects: one copy of each string.
             labels={intern(k): intern(v) for k, v in (meta.get("labels") or {}).items()},
         )
