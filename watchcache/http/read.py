@@ -28,7 +28,7 @@ from watchcache.http.websocket import handshake
 from watchcache.kube.listoptions import ListOptions, parse_get_options, parse_list_options
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.validation import check_read_target
-from watchcache.kube.wire import go_escape, list_body
+from watchcache.kube.wire import list_body
 from watchcache.middleware.core import Request, Response
 
 if TYPE_CHECKING:
@@ -47,6 +47,38 @@ BODY_PARAMS = (
     "resourceVersionMatch",
     "pretty",
 )
+PARSED_QUERIES = 512  # list queries remembered parsed, per resource
+
+
+class ParsedQueries:
+    """``parse_list_options`` remembered per query: a dashboard polls with the same one, and
+    parsing its selectors again costs more than the rest of a cached answer. Queries with a
+    continue token (each page's own) and refused ones are parsed every time; the memo is
+    emptied when full, so junk queries cannot grow it."""
+
+    __slots__ = ("endpoint", "parsed")
+
+    def __init__(self, endpoint: ResourceEndpoint) -> None:
+        self.endpoint = endpoint
+        self.parsed: dict[tuple[tuple[str, ...], ...], ListOptions] = {}
+
+    def __call__(self, query: dict[str, list[str]]) -> ListOptions:
+        if "continue" in query:
+            return self.parse(query)
+        key = tuple((name, *values) for name, values in query.items())
+        opts = self.parsed.get(key)
+        if opts is None:
+            opts = self.parse(query)
+            if len(self.parsed) >= PARSED_QUERIES:
+                self.parsed.clear()
+            self.parsed[key] = opts
+        return opts
+
+    def parse(self, query: dict[str, list[str]]) -> ListOptions:
+        endpoint = self.endpoint
+        return parse_list_options(
+            query, allowed_field=endpoint.allowed_field, own_token=endpoint.resource.codec.ours
+        )
 
 
 def _etag(
@@ -81,6 +113,7 @@ class ResourceEndpoint:
             )
             if s
         ]
+        self.list_options = ParsedQueries(self)
 
     @property
     def spec(self) -> ResourceSpec:
@@ -94,9 +127,7 @@ class ResourceEndpoint:
         namespace, name = params.get("namespace"), params.get("name")
         query = request.query
         if name is None:
-            opts = parse_list_options(
-                query, allowed_field=self.allowed_field, own_token=res.codec.ours
-            )
+            opts = self.list_options(query)
             check_read_target(res.spec, namespace, None)
         else:
             check_read_target(res.spec, namespace, name)
@@ -119,7 +150,7 @@ class ResourceEndpoint:
             return await self.delegate(request)
         if table is not None:
             return table_response(request, table, [entry.raw], list_meta(entry.rv))
-        return json_response(request, go_escape(entry.raw) + b"\n", f'"{entry.rv}"')
+        return json_response(request, entry.raw + b"\n", f'"{entry.rv}"')
 
     def allowed_field(self, path: str) -> bool:
         return self.resource.extended_fields or path in ALLOWED_FIELDS
@@ -164,7 +195,7 @@ class ResourceEndpoint:
         res = self.resource
         entries = page.entries()
         etag = _etag(repr(key).encode(), page.rv, page.token, page.remaining, entries)
-        body = go_escape(list_body(res.spec, entries, page.rv, page.token, page.remaining))
+        body = list_body(res.spec, entries, page.rv, page.token, page.remaining)
         rendered = Rendered(page.state or (page.rv, -2), etag, body)
         renders = res.renders
         if page.state is not None and len(body) <= renders.maxsize // 4:
