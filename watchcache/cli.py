@@ -369,9 +369,12 @@ def settings_from(args: argparse.Namespace, **overrides: object) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    # A worker's lines say which worker wrote them: they share the supervisor's stderr.
+    worker = getattr(args, "worker_of", None) is not None
+    who = f"worker {args.worker_index} " if worker else ""
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     if args.command == "serve":

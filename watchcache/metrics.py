@@ -11,6 +11,7 @@ could otherwise grow this page, and the memory behind it, without bound.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ class Observed(Protocol):
     reflectors: list[Reflector[LineSink]]
     renders: LRUCache[Any, Any]
     connections: ConnectionStats
+    # With several workers: this worker's series in, every worker's out (watchcache.workers).
+    whole_server: Callable[[bytes], bytes] | None
 
     def counters(self) -> list[tuple[str, str, float]]:
         """(name, help, value) of further counters (authentication, authorization)."""
@@ -73,7 +76,7 @@ def render(runtime: Observed, requests: RequestCounter) -> bytes:
     """/metrics: this process's series or, with several workers, every worker's (the
     runtime's ``whole_server``, see watchcache.workers)."""
     own = render_own(runtime, requests)
-    whole = getattr(runtime, "whole_server", None)
+    whole = runtime.whole_server
     return own if whole is None else bytes(whole(own))
 
 

@@ -8,7 +8,7 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tornado import httputil, web
@@ -55,6 +55,8 @@ class Runtime:
         self.retry = settings.retry
         self.requests = RequestCounter()
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
+        # One of several workers: /metrics of them all from this worker's (see _share).
+        self.whole_server: Callable[[bytes], bytes] | None = None
         self.cached: dict[ResourceSpec, CachedResource] = {}
         self.reflectors: list[Reflector[LineSink]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -317,7 +319,7 @@ class Server:
         self._written = WrittenVersions(worker.written_path)
         for resource in runtime.cached.values():
             resource.written = self._written
-        runtime.whole_server = worker.merged  # type: ignore[attr-defined]
+        runtime.whole_server = worker.merged
         self._publisher = asyncio.ensure_future(self._publish(worker, runtime, os.getppid()))
 
     async def _publish(self, worker: WorkerContext, runtime: Runtime, parent: int) -> None:
