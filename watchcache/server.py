@@ -149,18 +149,22 @@ class Runtime:
 
 
 def routes(runtime: Runtime) -> list[tuple[str, Route]]:
-    """Every path served, first match wins: health, discovery, each cached resource, then the
+    """Every path served, first match wins: each cached resource, health, discovery, then the
     served groups' other paths and the features' forwarded ones (pass-through)."""
     # Sent upstream under the caller's name whenever callers are authenticated.
     impersonate = runtime.settings.security.authenticating
     forward = Forward(
         runtime.upstream, runtime.retry, runtime.settings.upstream_timeout, impersonate=impersonate
     )
-    table = [*health_routes(runtime), *discovery_routes(runtime.discovery, forward)]
+    # The cached resources first: they take nearly every request, and tornado tries the
+    # rules in order. No path of theirs (a group version, then namespaces/NS/PLURAL or
+    # PLURAL) is also a health or discovery path, so the order changes no answer.
+    table = []
     for spec, resource in runtime.cached.items():
         if spec.served:
             route = Route(ResourceEndpoint(resource, forward, runtime.discovery), resource=spec)
             table += [(pattern, route) for pattern in resource_routes(spec)]
+    table += [*health_routes(runtime), *discovery_routes(runtime.discovery, forward)]
     for feature in runtime.features:
         if feature.endpoints is not None:
             table += [(p, Route(e)) for p, e in feature.endpoints(runtime)]
