@@ -604,6 +604,7 @@ def test_without_openssls_callback_the_handshake_verifies_as_python_does(
 ) -> None:
     monkeypatch.setattr(clientcerts, "_lib", lambda: None)
     monkeypatch.setattr(clientcerts, "_unavailable", "no OpenSSL here")
+    monkeypatch.setattr(clientcerts, "_warned", False)
     with caplog.at_level(logging.WARNING, "watchcache.http.tls"):
         ctx = server_context(
             str(certs.dev.cert_file), str(certs.dev.key_file), str(certs.dev.ca_file)

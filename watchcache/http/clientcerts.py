@@ -110,7 +110,8 @@ class _OpenSSL:
 
 
 _openssl: _OpenSSL | None = None
-_unavailable: str | None = None
+_unavailable: str | None = None  # why OpenSSL's functions could not be reached
+_warned = False
 
 
 def _lib() -> _OpenSSL | None:
@@ -127,17 +128,17 @@ def defer_verification(ctx: ssl.SSLContext) -> bool:
     """Lets every handshake of ``ctx`` (``CERT_OPTIONAL``, client CA loaded) complete with
     whatever certificate the client sends; True if done. When it cannot be done here, the
     handshake keeps verifying (a certificate of another CA gets an alert), logged once."""
-    global _unavailable
+    global _warned
     lib = _lib()
     ptr = lib.ssl_ctx(ctx) if lib is not None else None
     if lib is None or ptr is None:
-        if _unavailable != "logged":
+        if not _warned:
             log.warning(
                 "TLS: client certificates are verified in the handshake (%s): one that does"
                 " not verify gets a TLS alert, not a 401",
                 _unavailable or "this Python's SSLContext is not understood",
             )
-            _unavailable = "logged"
+            _warned = True
         return False
     lib.lib.SSL_CTX_set_verify(ptr, _SSL_VERIFY_PEER, _ACCEPT)
     return True
