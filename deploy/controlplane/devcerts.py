@@ -142,17 +142,19 @@ def issue(
     subject: str,
     extensions: Sequence[str],
     days: int,
+    ca: bool = False,
 ) -> None:
-    """A leaf certificate and its new key, signed by the CA; written to temporary names and
-    renamed into place, so a reader never sees half a file."""
+    """A leaf certificate (or, with ``ca``, an intermediate CA) and its new key, signed by
+    the CA; written to temporary names and renamed into place, so a reader never sees half
+    a file."""
     with _staged(cert, key) as (tmp_cert, tmp_key):
         csr = tmp_cert.with_suffix(".csr")
         ext = tmp_cert.with_suffix(".ext")
         ext.write_text(
             "\n".join(
                 [
-                    "basicConstraints=critical,CA:FALSE",
-                    "keyUsage=critical,digitalSignature",
+                    f"basicConstraints=critical,CA:{'TRUE' if ca else 'FALSE'}",
+                    f"keyUsage=critical,{'keyCertSign' if ca else 'digitalSignature'}",
                     "subjectKeyIdentifier=hash",
                     "authorityKeyIdentifier=keyid,issuer",
                     *extensions,

@@ -378,6 +378,33 @@ def test_a_client_certificate_of_another_ca_is_served_and_judged_untrusted(
     conn.close()
 
 
+def test_a_client_certificate_under_an_intermediate_it_sends_is_verified(
+    serving: Running, certs: Certs, tmp_path: Path
+) -> None:
+    """As Go verifies: the client's own intermediates count, only the CA is trusted."""
+    inter = (tmp_path / "intermediate.crt", tmp_path / "intermediate.key")
+    devcerts.issue(
+        certs.dev.ca_file, certs.dev.ca_key_file, *inter, subject="/CN=intermediate",
+        extensions=[], days=2, ca=True,
+    )  # fmt: skip
+    leaf = (tmp_path / "ivy.crt", tmp_path / "ivy.key")
+    devcerts.issue(
+        *inter, *leaf, subject="/CN=ivy/O=g1", extensions=["extendedKeyUsage=clientAuth"], days=2
+    )
+    chain = tmp_path / "ivy-chain.crt"
+    chain.write_bytes(leaf[0].read_bytes() + inter[0].read_bytes())
+    for cert, verified in ((chain, True), (leaf[0], False)):
+        conn = https(serving, client_context(certs, (cert, leaf[1])))
+        conn.request("GET", "/whoami")
+        answer = json.loads(conn.getresponse().read())
+        conn.close()
+        if verified:
+            assert answer["error"] is None
+            assert [["commonName", "ivy"]] in answer["subject"]
+        else:
+            assert answer == {"subject": None, "error": "unable to get local issuer certificate"}
+
+
 def test_an_expired_client_certificate_and_one_for_servers_only_are_judged_untrusted(
     serving: Running, certs: Certs, tmp_path: Path
 ) -> None:
