@@ -6,7 +6,9 @@ reflector is one (list, then watch from the list's version); a writer making cre
 patches and deletes at a steady rate through whichever replica is ready, as a load balancer
 routes on /readyz. Replica 0 is stopped with SIGTERM and started again on its port, then
 replica 1. A watcher whose stream ends resumes on the other replica from the last version it
-was given (an event's or the shutdown's bookmark), or lists again after a 410.
+was given (an event's or the shutdown's bookmark), or lists again after a 410: every tenth
+watcher waits, after its first shutdown, until more has changed than a replica's history
+(`--watch-history-events`) holds, so that its resume is refused and it lists again.
 
 What must hold: the shutdown's order (/readyz fails, /livez does not, while the port still
 serves; then the port closes; a create in flight across it is answered), every write
@@ -57,6 +59,8 @@ DELAY, GRACE = 1.5, 10.0  # each replica's --shutdown-delay and --shutdown-grace
 WRITE_EVERY = 0.04  # seconds between two writes
 WRITES_BETWEEN = 25  # writes answered between two steps of the rolling restart
 PROBE_EVERY = 0.02  # seconds between two looks at a replica's /readyz
+HISTORY = 50  # each replica's --watch-history-events
+LAGGARD_EVERY = 10  # every 10th watcher waits, after its first shutdown, until it is too old
 BOUND = 60.0  # seconds any one wait may take
 
 
@@ -263,13 +267,17 @@ class End:
 class Watcher(threading.Thread):
     """A reflector-like client: list, watch from the list's version with bookmarks, resume
     from the last version given on another replica when the stream ends, list again on a
-    410. Done once it was given ``target`` (set by the test)."""
+    410. Done once it was given ``target`` (set by the test). ``lag``, if any, is waited
+    for after the first stream that a shutdown ended, before resuming."""
 
-    def __init__(self, index: int, prober: Prober, first: Replica) -> None:
+    def __init__(
+        self, index: int, prober: Prober, first: Replica, lag: Callable[[], None] | None
+    ) -> None:
         super().__init__(daemon=True)
         self.index = index
         self.prober = prober
         self.replica = first
+        self.lag = lag
         self.state: dict[str, dict[str, Any]] = {}
         self.rv = 0
         self.segments: list[Segment] = []
@@ -357,8 +365,11 @@ class Watcher(threading.Thread):
         )
         if last is not None and is_expired(last):
             self.relist()  # on the replica that said 410: its history starts after our version
-        else:
-            self.replica = self.prober.pick(avoid=self.replica)
+            return
+        if self.lag is not None:
+            lag, self.lag = self.lag, None
+            lag()
+        self.replica = self.prober.pick(avoid=self.replica)
 
 
 # ---- kube-apiserver's own view --------------------------------------------------------------
@@ -436,15 +447,29 @@ def test_a_rolling_restart_loses_no_event_and_no_write(
         kube.create(name, NS, {"seed": "yes"})
 
     def start(port: int | None = None) -> Proxy:
-        flags = ("--namespace", NS, "--shutdown-delay", str(DELAY), "--shutdown-grace")
-        return proxy_factory(*flags, str(GRACE), port=port)
+        flags = ("--namespace", NS, "--watch-history-events", str(HISTORY))
+        flags += ("--shutdown-delay", str(DELAY), "--shutdown-grace", str(GRACE))
+        return proxy_factory(*flags, port=port)
+
+    def lag() -> None:
+        """Until more changes were made than a replica's history holds: the resume gets a
+        410 and the watcher lists again."""
+        mark = len(writer.answered)
+        wait_until(
+            lambda: len(writer.answered) > mark + HISTORY + 10 or writer.stopping.is_set(),
+            timeout=BOUND,
+            what="a laggard's version to fall out of the history",
+        )
 
     replicas = [Replica(0, start()), Replica(1, start())]
     prober = Prober(replicas)
     prober.start()
     reference = Reference(cp)
-    watchers = [Watcher(i, prober, replicas[i % 2]) for i in range(WATCHERS)]
     writer = Writer(prober, seeds)
+    watchers = [
+        Watcher(i, prober, replicas[i % 2], lag if i % LAGGARD_EVERY == 0 else None)
+        for i in range(WATCHERS)
+    ]
     try:
         for watcher in watchers:
             watcher.start()
@@ -499,6 +524,9 @@ def test_a_rolling_restart_loses_no_event_and_no_write(
             assert seg.events == want, f"{where}: from {seg.start}:\n{seg.events}\n!= {want}"
         # Every stream a shutdown ended ended cleanly, its last event a bookmark no older
         # than anything before it; a replica restart ended at least one of each watcher's.
+        if w.index % LAGGARD_EVERY == 0:  # replica 0's: its first resume came too late
+            assert [e.last for e in w.ends][:2] == ["BOOKMARK", "ERROR"], f"{where}: {w.ends}"
+            assert len(w.segments) >= 2, f"{where}: never listed again"
         shutdowns = [e for e in w.ends if e.last != "ERROR"]
         assert shutdowns, f"{where}: no stream of it was ended by a shutdown"
         for end in shutdowns:
