@@ -79,13 +79,15 @@ def start_proxy(
     *args: str,
     command: Sequence[str] = ("-m", "watchcache", "serve"),
     ready: str = "/readyz",
+    port: int | None = None,
 ) -> Proxy:
     """Starts ``python COMMAND --kubeconfig K --port P --log-level DEBUG ARGS`` (by default
     `watchcache serve`; the examples' servers take the same flags) and waits until ``ready``
-    answers 200 (``/healthz`` for a server that is not expected to sync)."""
-    port = free_port()
+    answers 200 (``/healthz`` for a server that is not expected to sync). ``port``: a given
+    one (a server started again where it was), else a free one; the log is appended to."""
+    port = port or free_port()
     log_path = tmp / f"watchcache-{port}.log"
-    with open(log_path, "wb") as out:
+    with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [
                 sys.executable,

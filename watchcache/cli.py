@@ -270,11 +270,21 @@ def _limits(parser: argparse.ArgumentParser) -> None:
         help="query parameters of one request; more is answered 400",
     )
     group.add_argument(
+        "--shutdown-delay",
+        type=float,
+        default=d.shutdown_delay,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long /readyz fails while everything is still served (for"
+        " load balancers to notice) before the port closes; kube-apiserver's"
+        " --shutdown-delay-duration",
+    )
+    group.add_argument(
         "--shutdown-grace",
         type=float,
         default=d.shutdown_grace,
         metavar="SECONDS",
-        help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
+        help="after the shutdown delay, once the port is closed: how long watches and"
+        " requests in flight may take to finish",
     )
 
 
@@ -286,6 +296,7 @@ def limits_from(args: argparse.Namespace) -> ServerLimits:
         body_timeout=args.body_timeout,
         max_header_bytes=args.max_header_bytes,
         max_query_params=args.max_query_params,
+        shutdown_delay=max(args.shutdown_delay, 0.0),
         shutdown_grace=max(args.shutdown_grace, 0.0),
     )
 
@@ -410,8 +421,9 @@ def serve(args: argparse.Namespace, argv: list[str]) -> None:
         check_exposure(settings)
         if "serve" in argv:
             argv.remove("serve")
+        limits = settings.limits
         code = workers.supervise(
-            argv, count, settings.bind, settings.port, settings.limits.shutdown_grace
+            argv, count, settings.bind, settings.port, limits.shutdown_delay + limits.shutdown_grace
         )
     except (ValueError, OSError) as exc:
         sys.exit(f"watchcache: {exc}")

@@ -81,7 +81,11 @@ class ServerLimits:
     max_header_bytes: int = 64 * 1024
     # Query parameters of one request (Go's own bound); beyond, 400.
     max_query_params: int = 10_000
-    # On SIGTERM/SIGINT: how long requests in flight may take to finish.
+    # On SIGTERM/SIGINT: how long /readyz fails while everything is still served, so that
+    # load balancers stop sending traffic before the port closes (kube-apiserver's
+    # --shutdown-delay-duration). 0 in development and tests; the Helm chart sets it.
+    shutdown_delay: float = 0.0
+    # Then, once accepting has stopped: how long requests in flight may take to finish.
     shutdown_grace: float = 20.0
 
 

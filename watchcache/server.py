@@ -57,6 +57,7 @@ class Runtime:
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
         # One of several workers: /metrics of them all from this worker's (see _share).
         self.whole_server: Callable[[bytes], bytes] | None = None
+        self.shutting_down = False  # /readyz fails once set (Server.stop)
         self.cached: dict[ResourceSpec, CachedResource] = {}
         self.reflectors: list[Reflector[LineSink]] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -122,18 +123,29 @@ class Runtime:
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
 
-    async def end_watches(self) -> None:
+    async def end_watches(self, timeout: float = 5.0) -> None:
         """Ends every watch stream cleanly; the caches stay fed (writes in flight wait on them)."""
         for resource in self.cached.values():
             resource.hub.close_all()
         # Let every stream write its terminating chunk before connections are closed.
-        await asyncio.gather(*(r.hub.wait_closed(5.0) for r in self.cached.values()))
+        await asyncio.gather(*(r.hub.wait_closed(timeout) for r in self.cached.values()))
 
     async def stop(self) -> None:
-        await self.end_watches()
+        for resource in self.cached.values():
+            resource.hub.close_all()  # none left open after Server.stop; this one stops too
+        # Cancelled again while any is left (bounded): Python 3.11's wait_for drops a
+        # cancellation that meets a result ready at the same moment (a connect, a page).
+        pending = list(self._tasks)
+        for _ in range(50):
+            if not pending:
+                break
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=0.1)
+            pending = [t for t in pending if not t.done()]
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: a reflector's end needs no log line
 
     def counters(self) -> list[tuple[str, str, float]]:
         """Counters of the parts /metrics does not know by name (authentication, authorization)."""
@@ -341,19 +353,34 @@ class Server:
             await asyncio.sleep(METRICS_EVERY)
 
     async def stop(self) -> None:
-        """Stops accepting, ends the watches, lets requests in flight finish (within the
-        shutdown grace), and only then stops the caches and closes what is left."""
+        """The shutdown, in kube-apiserver's order: /readyz fails at once while everything is
+        still served for --shutdown-delay (load balancers take the server out first); then
+        accepting stops and idle connections close; every watch ends cleanly (its queue
+        written, a last bookmark if it asked for bookmarks, its final chunk); requests in
+        flight finish within --shutdown-grace (writes still wait for the cache); only then
+        do the caches stop and what is left close."""
+        limits = self.settings.limits
+        if self.runtime is not None:
+            self.runtime.shutting_down = True
+            if self._http is not None and limits.shutdown_delay > 0:
+                log.info(
+                    "/readyz fails; serving %gs more (--shutdown-delay)", limits.shutdown_delay
+                )
+                await asyncio.sleep(limits.shutdown_delay)
+        loop = asyncio.get_running_loop()
+        grace = limits.shutdown_grace
+        deadline = loop.time() + grace
         if self._http is not None:
             self._http.stop()
             self._http.drain()
         if self.runtime is not None:
-            await self.runtime.end_watches()
-        if self._http is not None:
-            grace = self.settings.limits.shutdown_grace
-            if not await self._http.wait_idle(grace):
-                log.warning(
-                    "%d requests still in flight after %gs; closing them", self._http.busy(), grace
-                )
+            await self.runtime.end_watches(min(grace, 5.0))
+        if self._http is not None and not await self._http.wait_idle(
+            max(0.0, deadline - loop.time())
+        ):
+            log.warning(
+                "%d requests still in flight after %gs; closing them", self._http.busy(), grace
+            )
         if self.runtime is not None:
             await self.runtime.stop()
         if self._http is not None:

@@ -7,9 +7,11 @@ thread exists) and accepts on it with its own loop, so the kernel spreads connec
 those waiting in accept. Each worker is a whole watchcache: its own caches, its own upstream
 watches. A worker that dies is started again after a backoff (doubling to 30 s, reset once a
 worker has lived 30 s), logged. SIGTERM or SIGINT is forwarded to every worker, which then
-stops as one server does (``Server.stop``: /readyz fails, accepting stops, watches end,
-requests in flight finish within --shutdown-grace); the supervisor waits for them (killing
-what outlives the grace by 10 s) and exits. A worker whose supervisor is gone stops itself.
+stops as one server does (``Server.stop``: /readyz fails for --shutdown-delay, accepting
+stops, watches end, requests in flight finish within --shutdown-grace); the supervisor closes
+its copy of the listening socket, so that the port closes with the last worker's, waits for
+them (killing what outlives the delay and grace by 10 s) and exits. A worker whose
+supervisor is gone stops itself.
 
 DIR, a private temporary directory the supervisor creates and removes, holds what workers
 share without a network hop: ``written`` (cache.shared, read-your-writes across workers),
@@ -28,6 +30,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -168,11 +171,21 @@ def merge(texts: Sequence[tuple[int, str]], extra: str = "") -> str:
 class Supervisor:
     """Starts N workers on inherited sockets, restarts the dead, stops them all on a signal."""
 
-    def __init__(self, argv: Sequence[str], count: int, fds: Sequence[int], grace: float) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        count: int,
+        fds: Sequence[int],
+        grace: float,
+        listening: Sequence[socket.socket] = (),
+    ) -> None:
+        """``grace``: how long workers may take to stop (delay and grace); ``listening``: the
+        supervisor's own copies of the sockets of ``fds``, closed when stopping."""
         self.argv = list(argv)
         self.count = count
         self.fds = list(fds)
         self.grace = grace
+        self.listening = list(listening)
         self.directory = Path(tempfile.mkdtemp(prefix="watchcache-workers-"))
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.started = [0.0] * count
@@ -270,6 +283,9 @@ class Supervisor:
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
+        # The port closes once the last worker stops accepting, not when the supervisor exits.
+        for sock in self.listening:
+            sock.close()
         deadline = time.monotonic() + self.grace + STOP_MARGIN
         for proc in live:
             try:
@@ -290,4 +306,4 @@ def supervise(argv: Sequence[str], count: int, bind: str, port: int, grace: floa
         os.set_inheritable(sock.fileno(), True)
     chosen = sockets[0].getsockname()[1]
     log.info("watchcache supervisor on %s:%d, %d workers", bind, chosen, count)
-    return Supervisor(argv, count, [s.fileno() for s in sockets], grace).run()
+    return Supervisor(argv, count, [s.fileno() for s in sockets], grace, sockets).run()

@@ -45,6 +45,7 @@ EVERYTHING_ON: dict[str, Any] = {
     "defaults": {"image": "rayproject/ray:2.46.0", "all": {"metadata": {"labels": {"t": "r"}}}},
     "features": ["cors", "ray-events", "service-proxy", "defaults", "compute-templates"],
     "logLevel": "DEBUG",
+    "shutdownDelay": 15,
     "shutdownGrace": 30,
     "extraArgs": ["--retries", "5"],
     "authentication": ["x509", "kubernetes", "token-file"],
@@ -114,6 +115,7 @@ EVERYTHING_ON_FLAGS = (
     "--defaults=/etc/watchcache/defaults/defaults.yaml",
     "--features=cors,ray-events,service-proxy,defaults,compute-templates",
     "--log-level=DEBUG",
+    "--shutdown-delay=15",
     "--shutdown-grace=30",
     "--workers=auto",
     "--authentication=x509",
@@ -447,6 +449,7 @@ TODAYS_OPTIONS: dict[str, Any] = {
     "corsAllowOrigin": "https://dashboard.example",
     "defaults": {"all": {"metadata": {"labels": {"team": "ray"}}}},
     "features": ["cors", "ray-events", "service-proxy", "defaults", "compute-templates"],
+    "shutdownDelay": 1,
     "shutdownGrace": 5,
     "extraArgs": ["--retries", "2"],
 }

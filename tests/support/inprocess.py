@@ -10,12 +10,13 @@ Kubernetes behaviour is never judged here: that is the real API server's job.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,9 @@ class _Upstream(web.RequestHandler):
 class Client:
     base: str
     recorded: Recorded
+    # Begins the server's shutdown (as SIGTERM does) and returns at once; the future ends
+    # with it. The context's exit then only waits for it.
+    begin_shutdown: Callable[[], concurrent.futures.Future[None]] | None = None
 
     def request(
         self,
@@ -152,14 +156,21 @@ def in_process(
     if "error" in state:
         raise state["error"]
     server: Server = state["server"]
-    try:
-        yield Client(f"http://127.0.0.1:{server.port}", recorded)
-    finally:
+    stopping: list[concurrent.futures.Future[None]] = []
 
-        async def stop() -> None:
-            await server.stop()
+    def begin_shutdown() -> concurrent.futures.Future[None]:
+        if not stopping:
+            stopping.append(asyncio.run_coroutine_threadsafe(server.stop(), loop))
+        return stopping[0]
+
+    try:
+        yield Client(f"http://127.0.0.1:{server.port}", recorded, begin_shutdown)
+    finally:
+        begin_shutdown().result(30)
+
+        async def stop_upstream() -> None:
             state["upstream"].stop()
 
-        asyncio.run_coroutine_threadsafe(stop(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(stop_upstream(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)

@@ -87,3 +87,20 @@ def test_a_full_queue_ends_the_watcher_as_slow(hub: Hub) -> None:
     for rv in (13, 14, 15):
         hub.store.apply("MODIFIED", obj("a", "x", rv))
     assert watcher.ended and watcher.overflowed and hub.ended_slow == 1
+
+
+def test_a_shutdown_closes_each_open_watcher_at_the_stores_version_after_its_events(
+    hub: Hub,
+) -> None:
+    """close_all marks the version a last bookmark may carry: every event up to it is queued
+    first, none after it; a watcher ended before (a 410) gets no such version."""
+    live, expired = watch(hub, "b"), watch(hub, "a")
+    hub.store.replace(
+        [obj("a", "x", 11), obj("b", "y", 4), obj("b", "z", 12), obj("a", "n", 15)], 20
+    )  # a changed: its watcher ends with 410
+    hub.store.apply("MODIFIED", obj("b", "z", 21))
+    hub.close_all()
+    hub.store.apply("MODIFIED", obj("b", "z", 22))  # the cache stays fed; the watch does not
+    assert expired.ended and expired.closing_rv is None
+    assert live.ended and live.closing_rv == hub.store.rv - 1 == 21
+    assert [f["object"]["metadata"]["resourceVersion"] for f in frames(live)] == ["21"]

@@ -133,6 +133,10 @@ class Watcher:
         self.skip_until = 0  # events at or below this version are not for this watcher
         self.ended = False
         self.overflowed = False
+        # Set when the server shuts down: the store's version then. Every event up to it was
+        # queued or written before the watcher stopped taking events, so once the queue is
+        # out a bookmark at this version cannot overtake one (see ``close``).
+        self.closing_rv: int | None = None
         # Called when the watcher is ended for falling behind: a stalled client may never
         # complete the write it is blocked in, so its connection must be closed, not waited on.
         self.on_overflow: Callable[[], None] | None = None
@@ -167,6 +171,14 @@ class Watcher:
     def end(self) -> None:
         self.ended = True
         self._wake.set()
+
+    def close(self, rv: int) -> None:
+        """Ends the watch for a shutdown at store version ``rv``: the stream sends what is
+        queued, then (if asked for bookmarks) a last bookmark at ``rv``, then its clean end."""
+        if self.ended:
+            return
+        self.closing_rv = rv
+        self.end()
 
     def poke(self) -> None:
         """Wakes the stream's coroutine with nothing queued (to watch a write in flight)."""
@@ -316,9 +328,12 @@ class Hub:
             self._all_closed.set()
 
     def close_all(self) -> None:
-        """Ends every watch (on shutdown); each stream then writes its clean end."""
+        """Ends every watch (on shutdown); each stream then writes what it was sent, its last
+        bookmark and its clean end. Called outside the store's change step, so every event up
+        to ``store.rv`` has been handed to the watchers already."""
+        rv = self.store.rv
         for watcher in list(self._open):
-            watcher.end()
+            watcher.close(rv)
         self.watchers.clear()
 
     async def wait_closed(self, timeout: float) -> bool:

@@ -23,6 +23,8 @@ class Context(Observed, Protocol):
     retry: RetryPolicy
     requests: RequestCounter
     discovery: Discovery
+    # Set when a shutdown begins: /readyz fails from then on (the server still serves).
+    shutting_down: bool
 
     def not_ready(self) -> list[str]:
         """Names of whatever is not ready yet; empty when the server may take traffic."""

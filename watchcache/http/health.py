@@ -29,7 +29,10 @@ async def healthy(request: Request) -> Response:
 
 class Ready:
     """``/readyz``: ready once every cache has synced (at once in pass-through mode), and not
-    while a synced cache is known to be behind (its watch restarting, or a re-list)."""
+    while a synced cache is known to be behind (its watch restarting, or a re-list), nor once
+    the server is shutting down. A shutdown is answered as kube-apiserver answers it: 500 with
+    the list of checks, ``[-]shutdown failed``, so that a load balancer stops sending traffic
+    while the server still serves (``--shutdown-delay``)."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -38,9 +41,23 @@ class Ready:
         ctx = self.context
         waiting = ctx.not_ready()
         waiting += [f"{r.name} behind: {r.behind}" for r in ctx.reflectors if r.lists and r.behind]
+        if ctx.shutting_down:
+            failed = text(check_list({"informer-sync": not waiting, "shutdown": False}), 500)
+            failed.headers["X-Content-Type-Options"] = "nosniff"
+            return failed
         if waiting:
             return text(("not ready: " + ", ".join(waiting)).encode(), 503)
         return text(b"ok")
+
+
+def check_list(checks: dict[str, bool]) -> bytes:
+    """kube-apiserver's failing health answer: a line per check (the reason withheld, since
+    anyone may read it), then the verdict."""
+    lines = [
+        f"[+]{name} ok" if ok else f"[-]{name} failed: reason withheld"
+        for name, ok in {"ping": True, **checks}.items()
+    ]
+    return ("\n".join(lines) + "\nreadyz check failed\n").encode()
 
 
 class Metrics:

@@ -12,6 +12,10 @@ not taken within ``stall_timeout`` seconds (the initial events, a bookmark, a qu
 or a fast-path frame left in the socket's buffer) ends its connection. So what a stalled
 watcher pins is bounded by time as well as by its queue: its initial events are built from
 the shared entries one write budget at a time, never copied whole per watcher.
+
+On shutdown (``Hub.close_all``) a watch sends what it was handed, then, if it asked for
+bookmarks, a last BOOKMARK at the store's version of that moment, and ends cleanly: its
+client resumes elsewhere from that version and misses nothing.
 """
 
 from __future__ import annotations
@@ -85,9 +89,10 @@ class WatchStream:
                 return
             watcher.on_overflow = writer.abort
             await write_initial(writer, sub.initial, watcher, stall)
-            if watcher.ended:
-                # Shut down, gone, or expired (a re-list) before the initial events were all
-                # sent: what was queued (the 410 ERROR, if any) is the last thing written.
+            if watcher.ended and watcher.closing_rv is None:
+                # Gone, or expired (a re-list) before the initial events were all sent: what
+                # was queued (the 410 ERROR, if any) is the last thing written. A shutdown
+                # goes on below: the rest, then the last bookmark.
                 if watcher.frames:
                     await writer.write(b"".join(watcher.drain(WRITE_BUDGET)), stall)
                 return
@@ -131,7 +136,7 @@ async def write_initial(
         size += len(frame)
         if size >= WRITE_BUDGET:
             await writer.write(b"".join(batch), stall)
-            if watcher.ended:
+            if watcher.ended and watcher.closing_rv is None:  # a shutdown sends them all
                 return
             batch, size = [], 0
     if batch:
@@ -209,7 +214,12 @@ async def stream(
         frames = watcher.drain(WRITE_BUDGET)
         if frames:
             await writer.write(b"".join(frames), stall)
-        if watcher.ended and not watcher.frames:  # ended on shutdown: what was queued is sent
+        if watcher.ended and not watcher.frames:  # ended: what was queued is sent
+            if watcher.closing_rv is not None and opts.allow_watch_bookmarks:
+                # The shutdown's bookmark: every event up to closing_rv is written (above),
+                # so the client may resume from it on another server and miss nothing.
+                watcher.rv = max(watcher.rv, watcher.closing_rv)
+                await writer.write(bookmark_frame(resource, watcher.rv), stall)
             return
         t = now()
         if (

@@ -73,6 +73,7 @@ built) is passed only when not 1, so the chart runs today's binary unless it is 
 - --bind=0.0.0.0
 - --port={{ $v.port }}
 - {{ printf "--log-level=%s" $v.logLevel | quote }}
+- --shutdown-delay={{ $v.shutdownDelay }}
 - --shutdown-grace={{ $v.shutdownGrace }}
 {{- range $v.namespaces }}
 - {{ printf "--namespace=%s" . | quote }}
