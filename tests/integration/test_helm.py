@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "watchcache"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
-# A values file that turns every option of the chart on (`--workers`, a feature still being
-# built, included: the dry run checks the objects, not the binary).
+# A values file that turns every option of the chart on.
 EVERYTHING_ON: dict[str, Any] = {
     "replicaCount": 2,
     "workers": "auto",
@@ -105,8 +104,7 @@ EVERYTHING_ON: dict[str, Any] = {
         "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]
     },
 }
-# The flags EVERYTHING_ON must put on the command line (`--workers`, not built yet, as the
-# chart spells it).
+# The flags EVERYTHING_ON must put on the command line.
 EVERYTHING_ON_FLAGS = (
     "--namespace=wc-helm-all-a",
     "--namespace=wc-helm-all-b",
@@ -428,8 +426,8 @@ def test_inconsistent_values_are_refused_with_a_reason(
 
 
 def test_the_charts_flags_are_flags_of_watchcache_serve(helm: Path, everything_on: Path) -> None:
-    """The default rendering (security flags included) runs today's binary, and so does
-    every flag of the everything-on one but `--workers`, which is not built yet."""
+    """Every flag of the default rendering (security flags included) and of the
+    everything-on one is a flag of watchcache serve."""
     help_text = run([sys.executable, "-m", "watchcache", "serve", "--help"])
     known = set(re.findall(r"--[a-z][a-z0-9-]*", help_text))
     args = deployment_args(documents(template(helm, "wc", "wc-helm-default")))
@@ -437,7 +435,7 @@ def test_the_charts_flags_are_flags_of_watchcache_serve(helm: Path, everything_o
     for arg in args[1:]:
         assert arg.split("=")[0] in known, f"{arg} is not a flag of watchcache serve"
     everything = deployment_args(documents(template(helm, "wc", "wc-all", everything_on)))
-    flags = {a.split("=")[0] for a in everything[1:] if a.startswith("--")} - {"--workers"}
+    flags = {a.split("=")[0] for a in everything[1:] if a.startswith("--")}
     assert flags - known == set(), f"not flags of watchcache serve: {flags - known}"
 
 
