@@ -192,7 +192,7 @@ def merge(summaries: list[dict[str, Any]], latencies: list[Sequence[float]]) -> 
     errors = sorted({e for s in summaries for e in s["errors"]})[:5]
     out: dict[str, Any] = {
         key: sum(s[key] for s in summaries)
-        for key in ("watchers", "connected", "ended_early", "expected", "delivered")
+        for key in ("watchers", "connected", "ended_early", "expected", "delivered", "cpu_s")
     }
     out.update(
         errors=errors,
@@ -221,6 +221,7 @@ async def watch_main(args: argparse.Namespace) -> None:
     )
     connected = sum(1 for w in watchers if w.status == 200 and not w.closed_early)
     print(f"ready {connected} {time.monotonic() - t0:.2f}", flush=True)
+    cpu0 = time.process_time()
 
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
@@ -236,6 +237,7 @@ async def watch_main(args: argparse.Namespace) -> None:
             break
         await asyncio.sleep(0.1)
     ended_early = sum(1 for w in watchers if w.closed_early)
+    cpu = time.process_time() - cpu0  # reading the streams, not the matching below
     for w in watchers:
         if w.transport is not None:
             w.transport.abort()  # type: ignore[attr-defined]
@@ -261,6 +263,7 @@ async def watch_main(args: argparse.Namespace) -> None:
         "p50_ms": _percentile(ordered, 50),
         "p99_ms": _percentile(ordered, 99),
         "max_ms": ordered[-1] if ordered else float("nan"),
+        "cpu_s": cpu,
     }
     if args.latencies is not None:
         args.latencies.write_bytes(array("d", ordered).tobytes())

@@ -232,6 +232,9 @@ def scenario_10(bench: Bench) -> None:
         res.add("10", c, "events delivered", "higher", {name: share}, "%")
         res.add("10", c, "front process RSS growth", "lower", {name: s["rss_growth_mb"]}, "MB")
         res.add("10", c, "time to connect every watcher", "lower", {name: s["connect_s"]}, "s")
+        per_1k = 1000 * s["server_cpu_s"] / max(1, s["delivered"])
+        res.add("10", c, "server CPU / 1k deliveries", "lower", {name: per_1k}, "s")
+        res.add("10", c, "watch load generator CPU", "lower", {name: s["cpu_s"]}, "s")
     full = many >= 10_000
     all_in = cached["delivered"] == cached["expected"] and cached["connected"] == many
     res.goal("10", f"{case}: every event delivered", f"{delivered:.2f}%", all_in)

@@ -42,11 +42,12 @@ def test_split_is_even_and_never_empty() -> None:
 
 
 def test_merge_takes_percentiles_over_every_delivery() -> None:
-    base = {"errors": [], "sent": 3, "ended_early": 0}
+    base = {"errors": [], "sent": 3, "ended_early": 0, "cpu_s": 0.5}
     a = base | {"watchers": 1, "connected": 1, "expected": 3, "delivered": 3}
     b = base | {"watchers": 2, "connected": 2, "expected": 6, "delivered": 5, "errors": ["x"]}
     out = merge([a, b], [[1.0, 2.0, 3.0], [10.0] * 5])
     assert out["watchers"] == 3 and out["expected"] == 9 and out["delivered"] == 8
+    assert out["cpu_s"] == 1.0
     assert out["p50_ms"] == 10.0  # the merged median, not the mean of two medians
     assert out["max_ms"] == 10.0 and out["errors"] == ["x"] and out["processes"] == 2
     assert math.isnan(merge([a], [[]])["p99_ms"])
