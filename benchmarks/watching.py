@@ -113,7 +113,7 @@ def _one(
             if not ready or ready[0] != "ready":
                 raise RuntimeError(f"watchers of {target.name} did not start")
             connect_s = max(connect_s, float(ready[2]))
-        cpu0 = cpu_seconds(target.all_pids)
+        cpu0, own0 = cpu_seconds(target.all_pids), cpu_seconds(target.own_pids)
         writer = subprocess.run(
             writer_argv,
             env=_env(bench, None),
@@ -128,7 +128,7 @@ def _one(
             w.stdin.flush()
         for w in watchers:
             w.wait(300)
-        cpu = cpu_seconds(target.all_pids) - cpu0
+        cpu, own = cpu_seconds(target.all_pids) - cpu0, cpu_seconds(target.own_pids) - own0
         summary = fanout.merge(
             [json.loads(out.read_text()) for out in outs],
             [array("d", lat.read_bytes()) for lat in lats],
@@ -138,6 +138,7 @@ def _one(
             rss_growth_mb=rss_front.stop(),
             api_rss_growth_mb=rss_api.stop(),
             server_cpu_s=cpu,
+            watchcache_cpu_s=own,
             writer=json.loads(writer.stdout.decode().strip().splitlines()[-1]),
         )
     finally:
