@@ -23,6 +23,7 @@ class Sizes:
     seconds: float
     max_seconds: float
     watchers: tuple[int, ...]
+    many_watchers: int  # scenario 10: fan-out at scale, against the cached target only
     write_rate: float
     write_seconds: float
     writes: int
@@ -38,6 +39,7 @@ FULL = Sizes(
     seconds=10,
     max_seconds=30,
     watchers=(100, 1000),
+    many_watchers=10_000,
     write_rate=10,
     write_seconds=15,
     writes=200,
@@ -48,6 +50,7 @@ QUICK = Sizes(
     seconds=1,
     max_seconds=3,
     watchers=(20, 100),
+    many_watchers=1000,
     write_rate=10,
     write_seconds=2,
     writes=20,

@@ -1,14 +1,18 @@
-"""Watch fan-out load: N watchers in one asyncio process, and a steady writer in another.
+"""Watch fan-out load: N watchers per asyncio process, and a steady writer in another.
 
     python -m benchmarks.fanout watch --url URL --count N --writes FILE --out FILE
     python -m benchmarks.fanout write --server URL --namespace NS --names a,b --rate R
                                       --seconds S --out FILE
 
-The watch process opens N ``?watch=true`` streams (HTTP/1.1, TLS for the API server),
+The watch process raises its descriptor limit to the hard one and opens N ``?watch=true``
+streams (HTTP/1.1, TLS for the API server) as asyncio Protocols with a lean parser (no
+coroutine per stream, no await per chunk: 10,000 streams take several such processes),
 prints ``ready`` once every one has its response head, and records, per watcher, the
 resourceVersion and arrival time (CLOCK_MONOTONIC, shared by all processes) of every
 MODIFIED event. On ``stop`` on its standard input it waits until every written version has
-arrived (or a grace period ends), matches arrivals to the writer's log and prints a summary.
+arrived (or a grace period ends), matches arrivals to the writer's log and writes a summary
+(and, with ``--latencies``, every delivery's latency, so that ``merge`` can take the
+percentiles of several processes over all of their deliveries).
 
 The writer merge-patches an annotation of one object after another on the API server at
 ``rate`` per second, and logs each new resourceVersion with the time its response arrived:
@@ -19,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import json
 import os
+import resource
 import ssl
 import sys
 import time
 from array import array
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 MARK = b'"resourceVersion":"'
@@ -44,15 +52,90 @@ def _auth() -> str:
     return f"Authorization: Bearer {token}\r\n" if token else ""
 
 
-class Watcher:
+class Dechunker:
+    """HTTP/1.1 body bytes to complete lines, chunked or not: no await per chunk, no copy of
+    the body beyond one join per read (a lean parser, so that one process can read 10,000
+    streams)."""
+
+    def __init__(self, chunked: bool) -> None:
+        self.chunked = chunked
+        self.raw = b""  # an incomplete chunk-size line
+        self.left = 0  # >0: data bytes left in this chunk; <0: CRLF bytes still to skip
+        self.partial = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        if self.chunked:
+            raw = self.raw + data if self.raw else data
+            pos, n, parts = 0, len(raw), []
+            while pos < n and not self.done:
+                if self.left > 0:
+                    take = min(self.left, n - pos)
+                    parts.append(raw[pos : pos + take])
+                    pos += take
+                    self.left -= take
+                    if self.left == 0:
+                        self.left = -2
+                elif self.left < 0:
+                    skip = min(-self.left, n - pos)
+                    pos += skip
+                    self.left += skip
+                else:
+                    end = raw.find(b"\r\n", pos)
+                    if end < 0:
+                        break
+                    size = int(raw[pos:end].split(b";")[0], 16)
+                    pos = end + 2
+                    if size == 0:
+                        self.done = True
+                    self.left = size
+            self.raw = raw[pos:] if not self.done else b""
+            data = b"".join(parts)
+        *lines, self.partial = (self.partial + data).split(b"\n")
+        return lines
+
+
+class Watcher(asyncio.Protocol):
     """One watch stream; arrivals of MODIFIED events as (resourceVersion, time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, request: bytes, headed: asyncio.Event) -> None:
+        self.request = request
+        self.headed = headed
         self.rvs = array("q")
         self.times = array("d")
         self.status = 0
         self.closed_early = False
         self.error = ""
+        self.head = b""
+        self.body: Dechunker | None = None
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self.body is None:
+            self.head += data
+            i = self.head.find(b"\r\n\r\n")
+            if i < 0:
+                return
+            head, data = self.head[:i], self.head[i + 4 :]
+            self.status = int(head.split(b" ", 2)[1])
+            self.body = Dechunker(b"chunked" in head.lower())
+            self.headed.set()
+        lines = self.body.feed(data)
+        if lines:
+            self._take(lines, now)
+        if self.body.done:
+            self.closed_early = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed_early = True
+        if exc is not None and not self.error:
+            self.error = f"{type(exc).__name__}: {exc}"
+        self.headed.set()
 
     def _take(self, lines: list[bytes], now: float) -> None:
         for line in lines:
@@ -65,67 +148,80 @@ class Watcher:
             self.rvs.append(int(line[i + len(MARK) : j]))
             self.times.append(now)
 
-    async def run(self, url: str, headed: asyncio.Event, opened: asyncio.Semaphore) -> None:
-        parts = urlsplit(url)
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        host, port = parts.hostname or "127.0.0.1", parts.port or 80
-        try:
-            async with opened:
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=_ssl(url), limit=1 << 24
-                )
-                writer.write(
-                    f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{_auth()}"
-                    "Accept: application/json\r\n\r\n".encode()
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-            self.status = int(head.split(b" ", 2)[1])
-            headed.set()
-            chunked = b"chunked" in head.lower()
-            partial = b""
-            while True:
-                if chunked:
-                    size = int((await reader.readline()).split(b";")[0], 16)
-                    if size == 0:
-                        break
-                    data = await reader.readexactly(size + 2)
-                    data = data[:-2]
-                else:
-                    data = await reader.read(1 << 20)
-                    if not data:
-                        break
-                now = time.monotonic()
-                *lines, partial = (partial + data).split(b"\n")
-                if lines:
-                    self._take(lines, now)
-            self.closed_early = True
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.closed_early = True
-            headed.set()
+
+async def _open(url: str, watcher: Watcher, opened: asyncio.Semaphore) -> None:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    loop = asyncio.get_running_loop()
+    try:
+        async with opened:
+            await loop.create_connection(lambda: watcher, host, port, ssl=_ssl(url))
+            await watcher.headed.wait()
+    except Exception as exc:
+        watcher.error = f"{type(exc).__name__}: {exc}"
+        watcher.closed_early = True
+        watcher.headed.set()
 
 
-def _percentile(sorted_values: list[float], q: float) -> float:
+def raise_nofile() -> int:
+    """The soft descriptor limit raised to the hard one: 10,000 sockets need it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
     if not sorted_values:
         return float("nan")
     k = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
     return sorted_values[k]
 
 
+def split(count: int, procs: int) -> list[int]:
+    """``count`` watchers over ``procs`` processes, as evenly as can be (none empty)."""
+    procs = max(1, min(procs, count))
+    return [count // procs + (1 if i < count % procs else 0) for i in range(procs)]
+
+
+def merge(summaries: list[dict[str, Any]], latencies: list[Sequence[float]]) -> dict[str, Any]:
+    """One summary of several watch processes: counts added, percentiles over every
+    delivery of every process (not an average of each process's percentiles)."""
+    every = sorted(x for part in latencies for x in part)
+    errors = sorted({e for s in summaries for e in s["errors"]})[:5]
+    out: dict[str, Any] = {
+        key: sum(s[key] for s in summaries)
+        for key in ("watchers", "connected", "ended_early", "expected", "delivered", "cpu_s")
+    }
+    out.update(
+        errors=errors,
+        sent=max(s["sent"] for s in summaries),
+        processes=len(summaries),
+        p50_ms=_percentile(every, 50),
+        p99_ms=_percentile(every, 99),
+        max_ms=every[-1] if every else float("nan"),
+    )
+    return out
+
+
 async def watch_main(args: argparse.Namespace) -> None:
-    watchers = [Watcher() for _ in range(args.count)]
+    raise_nofile()
+    parts = urlsplit(args.url)
+    target = parts.path + ("?" + parts.query if parts.query else "")
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n{_auth()}"
+        "Accept: application/json\r\n\r\n"
+    ).encode()
+    watchers = [Watcher(request, asyncio.Event()) for _ in range(args.count)]
     opened = asyncio.Semaphore(64)
-    events = [asyncio.Event() for _ in watchers]
-    tasks = [
-        asyncio.create_task(w.run(args.url, ev, opened))
-        for w, ev in zip(watchers, events, strict=True)
-    ]
     t0 = time.monotonic()
-    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), args.connect_timeout)
+    await asyncio.wait_for(
+        asyncio.gather(*(_open(args.url, w, opened) for w in watchers)), args.connect_timeout
+    )
     connected = sum(1 for w in watchers if w.status == 200 and not w.closed_early)
     print(f"ready {connected} {time.monotonic() - t0:.2f}", flush=True)
+    cpu0 = time.process_time()
 
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.readline)  # "stop"
@@ -133,14 +229,20 @@ async def watch_main(args: argparse.Namespace) -> None:
     wanted = set(writes)
     deadline = time.monotonic() + args.grace
     while time.monotonic() < deadline:
-        if all(wanted <= set(w.rvs) for w in watchers if not w.closed_early):
+        if all(
+            len(w.rvs) >= len(wanted) and wanted <= set(w.rvs)
+            for w in watchers
+            if not w.closed_early
+        ):
             break
         await asyncio.sleep(0.1)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    ended_early = sum(1 for w in watchers if w.closed_early)
+    cpu = time.process_time() - cpu0  # reading the streams, not the matching below
+    for w in watchers:
+        if w.transport is not None:
+            w.transport.abort()  # type: ignore[attr-defined]
 
-    latencies: list[float] = []
+    latencies = array("d")
     delivered = 0
     for w in watchers:
         seen: set[int] = set()
@@ -149,19 +251,22 @@ async def watch_main(args: argparse.Namespace) -> None:
                 seen.add(rv)
                 latencies.append((at - writes[rv]) * 1000)
         delivered += len(seen)
-    latencies.sort()
+    ordered = sorted(latencies)
     summary = {
         "watchers": args.count,
         "connected": connected,
-        "ended_early": sum(1 for w in watchers if w.closed_early),
+        "ended_early": ended_early,
         "errors": sorted({w.error for w in watchers if w.error})[:5],
         "sent": len(writes),
         "expected": len(writes) * args.count,
         "delivered": delivered,
-        "p50_ms": _percentile(latencies, 50),
-        "p99_ms": _percentile(latencies, 99),
-        "max_ms": latencies[-1] if latencies else float("nan"),
+        "p50_ms": _percentile(ordered, 50),
+        "p99_ms": _percentile(ordered, 99),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+        "cpu_s": cpu,
     }
+    if args.latencies is not None:
+        args.latencies.write_bytes(array("d", ordered).tobytes())
     args.out.write_text(json.dumps(summary))
 
 
@@ -211,6 +316,7 @@ def main() -> None:
     w.add_argument("--count", type=int, required=True)
     w.add_argument("--writes", type=Path, required=True)
     w.add_argument("--out", type=Path, required=True)
+    w.add_argument("--latencies", type=Path, default=None, help="sorted latencies, float64")
     w.add_argument("--grace", type=float, default=10.0)
     w.add_argument("--connect-timeout", type=float, default=120.0)
     p = sub.add_parser("write")

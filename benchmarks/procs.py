@@ -47,6 +47,40 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
+def children(pid: int) -> list[int]:
+    """The direct children of a process (a supervisor's workers), from /proc."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            found += [int(x) for x in task.read_text().split()]
+    return sorted(found)
+
+
+def start_workers(
+    cp: ControlPlane, name: str, logdir: Path, workers: int, *args: str, ready_timeout: float = 120
+) -> Target:
+    """``watchcache serve --workers N``: its pids are the supervisor's and every worker's.
+    Ready once every worker runs and a run of fresh connections (which the kernel spreads
+    among the workers) all find /readyz answering 200."""
+    target = start_watchcache(
+        cp, name, logdir, "--workers", str(workers), *args, ready_timeout=ready_timeout
+    )
+    sup = target.own_pids[0]
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        kids = children(sup) if workers > 1 else []
+        if len(kids) == (workers if workers > 1 else 0):
+            ok = sum(1 for _ in range(8 * workers) if target.get("/readyz", timeout=5)[0] == 200)
+            if ok == 8 * workers:
+                break
+        if time.monotonic() > deadline:
+            stop(target)
+            raise RuntimeError(f"watchcache {name}: {len(kids)} of {workers} workers ready")
+        time.sleep(0.2)
+    target.own_pids = [sup, *kids]
+    return target
+
+
 def settle(pids: list[int], *, busy: float = 0.1, window: float = 0.3, limit: float = 60) -> float:
     """Waits until the processes together use under ``busy`` of a core (a server may still
     be working on requests a finished load run left in flight). Returns the time waited."""

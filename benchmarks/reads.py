@@ -165,12 +165,20 @@ def scenario_4(bench: Bench) -> None:
     )
 
 
-def _ceiling_run(bench: Bench, body: bytes, path: str, connections: int) -> LoadResult:
+def ceiling_run(
+    bench: Bench,
+    body: bytes,
+    path: str,
+    connections: int,
+    module: str = "benchmarks.ceiling",
+    *args: str,
+) -> LoadResult:
+    """wrk against a fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling)."""
     body_file = bench.workdir / "ceiling-body.json"
     body_file.write_bytes(body)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.ceiling", "--port", str(port), "--body", str(body_file)],
+        [sys.executable, "-m", module, "--port", str(port), "--body", str(body_file), *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
@@ -207,7 +215,7 @@ def scenario_8(bench: Bench) -> None:
         assert code == 200, code
         for c in (1, 16):
             case = f"{what}, c={c}"
-            r = _ceiling_run(bench, body, path, c)
+            r = ceiling_run(bench, body, path, c)
             cached_rps = next(
                 row.values["cached"]
                 for row in res.rows

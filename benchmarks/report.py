@@ -123,6 +123,20 @@ def markdown(meta: dict[str, Any], results: Results) -> str:
             f" {num(c['cached_rps'])} | {num(c['cached_share'])} |"
             for case, c in ceiling.items()
         ]
+    small = results.raw.get("small_ceiling")
+    if small:
+        out += [
+            "",
+            "## Small-answer ceiling (scenario 12): a bare Tornado server, same bytes",
+            "",
+            "| case | Tornado req/s | Tornado p99 | cached req/s | cached/Tornado |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {case} | {num(c['ceiling_rps'])} | {num(c['ceiling_p99_ms'], 'ms')} |"
+            f" {num(c['cached_rps'])} | {num(c['cached_share'])} |"
+            for case, c in small.items()
+        ]
     if results.notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in results.notes]
     return "\n".join(out) + "\n"

@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import reads, report, secured, watching, writing
+from benchmarks import reads, report, secured, small, watching, writing
 from benchmarks.context import FULL, QUICK, Bench, Results
 from benchmarks.fill import KeepAliveClient, fill, plan_rayclusters
 from benchmarks.procs import direct_target, machine, rss_bytes, start_watchcache, stop
@@ -86,6 +86,9 @@ SCENARIOS: list[tuple[str, Callable[[Bench], None]]] = [
     ("5", watching.scenario_5),
     ("6", writing.scenario_6),
     ("9", secured.scenario_9),
+    ("10", watching.scenario_10),
+    ("11", small.scenario_11),
+    ("12", small.scenario_12),
 ]
 
 

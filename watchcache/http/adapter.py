@@ -136,6 +136,40 @@ class Out:
         h.write(data)
         return h.flush()
 
+    def write_now(self, data: bytes) -> Awaitable[None] | None:
+        """One chunk straight onto an idle plain socket (``sendmsg`` of the chunk's size line,
+        the shared frame and its CRLF: no copy, no future), as tornado would frame it. A
+        watch fan-out writes each event to every watcher: tornado's write path (handler
+        buffer, flush, connection and stream futures) cost twice the send itself there.
+        Anything else (TLS, a stream still writing, output not chunked) takes ``write``."""
+        h = self.handler
+        conn = self.connection
+        stream = conn.stream
+        sock = stream.socket
+        if (
+            sock is None
+            or isinstance(stream, iostream.SSLIOStream)
+            or stream.writing()
+            or stream.closed()
+            or not conn._chunking_output
+            or not h._headers_written
+            or h._write_buffer
+            or h._transforms
+        ):
+            return self.write(data)
+        head = b"%x\r\n" % len(data)
+        try:
+            sent = sock.sendmsg((head, data, b"\r\n"))
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return self.write(data)  # tornado sees the error again and closes the stream
+        total = len(head) + len(data) + 2
+        if sent == total:
+            return None
+        rest = (head + data + b"\r\n")[sent:]
+        return stream.write(rest)  # in order: nothing else was buffered
+
     def idle(self) -> bool:
         return not self.connection.stream.writing()
 

@@ -159,7 +159,7 @@ class BodyWriter:
         out = self.out
         if self.busy or out.closed or not out.idle():
             return False
-        done = out.write(frame)
+        done = out.write_now(frame)
         if isinstance(done, asyncio.Future):
             done.add_done_callback(ignore_closed)
             if not done.done():

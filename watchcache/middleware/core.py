@@ -139,6 +139,11 @@ class Writer(Protocol):
         """Sends ``data`` (framed as the connection needs); done once the socket took it."""
         ...
 
+    def write_now(self, data: bytes) -> Awaitable[None] | None:
+        """``write`` for the watch fast path: None when the socket took all of ``data`` at
+        once; otherwise what finishes once it has taken the rest."""
+        ...
+
     def idle(self) -> bool:
         """Nothing written is still waiting for the socket."""
         ...
