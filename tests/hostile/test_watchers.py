@@ -7,7 +7,9 @@ the initial events (several MB of large objects) if watchcache let it.
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -103,4 +105,62 @@ def test_the_render_cache_holds_to_its_byte_budget(
         code, _, _ = proxy.request("GET", f"{path}?labelSelector=n!={n}")
         assert code == 200
     assert 0 < metric(proxy, "watchcache_render_cache_bytes") <= budget
+    assert_healthy(proxy)
+
+
+def read_events(sock: socket.socket, count: int, deadline: float) -> list[bytes]:
+    """The next ``count`` events of a chunked watch body (a chunk may hold several), read
+    slowly in small pieces, as a reader that keeps the server's writes partial."""
+    buf, body = b"", b""
+    while (got := body.count(b"\n")) < count:
+        assert time.monotonic() < deadline, f"{got} of {count} events"
+        size_line, sep, rest = buf.partition(b"\r\n")
+        if sep:
+            size = int(size_line, 16)
+            if len(rest) >= size + 2:
+                assert rest[size : size + 2] == b"\r\n", rest[size : size + 10]
+                body += rest[:size]
+                buf = rest[size + 2 :]
+                continue
+        time.sleep(0.002)
+        piece = sock.recv(8192)
+        assert piece, "the watch ended"
+        buf += piece
+    return body.splitlines()
+
+
+def test_events_larger_than_the_socket_takes_at_once_arrive_whole_and_in_order(
+    controlplane: ControlPlane, cached: Proxy, big_objects: None
+) -> None:
+    """A slow reader of 200 KB events: each write reaches the socket in part, the rest
+    follows from the stream's buffer; every frame arrives whole, once, in order."""
+    proxy = cached
+    path = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
+    # From the API server's version, which every write of the fixture precedes (the cache
+    # may not show the last of them yet: its watch then waits for that version).
+    code, listed = controlplane.request("GET", path)
+    assert code == 200
+    rv = json.loads(listed)["metadata"]["resourceVersion"]
+    sock = open_unread_watch(proxy.base, f"{path}?watch=true&resourceVersion={rv}")
+    try:
+        names = [f"big-{i}" for i in range(BIG)]  # 6 MB: more than a socket buffers
+        versions = []
+        for n, name in enumerate(names):
+            patch = {"metadata": {"annotations": {"watchcache.test/round": str(n)}}}
+            code, _, answer = proxy.request(
+                "PATCH",
+                f"{path}/{name}",
+                json.dumps(patch).encode(),
+                {"Content-Type": "application/merge-patch+json"},
+            )
+            assert code == 200, answer[:300]
+            versions.append(json.loads(answer)["metadata"]["resourceVersion"])
+        lines = read_events(sock, len(names), time.monotonic() + 120)
+    finally:
+        sock.close()
+    events = [json.loads(line) for line in lines]
+    seen = [(e["type"], e["object"]["metadata"]["name"]) for e in events]
+    assert seen == [("MODIFIED", name) for name in names], seen
+    assert [e["object"]["metadata"]["resourceVersion"] for e in events] == versions
+    assert all(len(line) > PAD for line in lines)
     assert_healthy(proxy)

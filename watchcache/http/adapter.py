@@ -112,10 +112,13 @@ def internal_error(eid: str) -> StatusError:
 class Out:
     """The ``Writer`` a Stream gets: the handler's own flush, detach and connection."""
 
-    __slots__ = ("handler",)
+    __slots__ = ("chunked", "handler")
 
-    def __init__(self, handler: Adapter) -> None:
+    def __init__(self, handler: Adapter, chunked: bool = False) -> None:
         self.handler = handler
+        # The body goes out in chunks (tornado's rule for an answer: an HTTP/1.1 request
+        # other than HEAD, a status with a body, no Content-Length): ``write_now`` frames so.
+        self.chunked = chunked
 
     @property
     def closed(self) -> bool:
@@ -138,23 +141,21 @@ class Out:
 
     def write_now(self, data: bytes) -> Awaitable[None] | None:
         """One chunk straight onto an idle plain socket (``sendmsg`` of the chunk's size line,
-        the shared frame and its CRLF: no copy, no future), as tornado would frame it. A
+        the shared frame and its CRLF: no copy, no future), framed as tornado frames it. A
         watch fan-out writes each event to every watcher: tornado's write path (handler
         buffer, flush, connection and stream futures) cost twice the send itself there.
-        Anything else (TLS, a stream still writing, output not chunked) takes ``write``."""
-        h = self.handler
-        conn = self.connection
-        stream = conn.stream
+        Only when the head is out and the stream holds nothing, so the bytes stay in order;
+        anything else (TLS, a stream still writing, a body not chunked) takes ``write``.
+        The handler's own buffer is empty here: ``write`` flushes whatever it adds."""
+        stream = self.connection.stream
         sock = stream.socket
         if (
-            sock is None
+            not self.chunked
+            or not self.handler.head_out
+            or sock is None
             or isinstance(stream, iostream.SSLIOStream)
             or stream.writing()
             or stream.closed()
-            or not conn._chunking_output
-            or not h._headers_written
-            or h._write_buffer
-            or h._transforms
         ):
             return self.write(data)
         head = b"%x\r\n" % len(data)
@@ -164,11 +165,9 @@ class Out:
             sent = 0
         except OSError:
             return self.write(data)  # tornado sees the error again and closes the stream
-        total = len(head) + len(data) + 2
-        if sent == total:
+        if sent == len(head) + len(data) + 2:
             return None
-        rest = (head + data + b"\r\n")[sent:]
-        return stream.write(rest)  # in order: nothing else was buffered
+        return stream.write((head + data + b"\r\n")[sent:])  # in order: nothing was queued
 
     def idle(self) -> bool:
         return not self.connection.stream.writing()
@@ -348,7 +347,14 @@ class Adapter(web.RequestHandler):
         """The head, then the body as the stream writes it, then the end of the body."""
         assert isinstance(response.body, Stream)
         self.write_head(response)
-        await response.body.run(Out(self))
+        chunked = (
+            self.request.version == "HTTP/1.1"
+            and self.request.method != "HEAD"
+            and response.status >= 200
+            and response.status not in (204, 304)
+            and "Content-Length" not in response.headers
+        )
+        await response.body.run(Out(self, chunked))
         self.end()
 
     def send_bytes(self, request: Request, response: Response) -> None:
