@@ -249,6 +249,19 @@ def https(serving: Running, ctx: ssl.SSLContext) -> http.client.HTTPSConnection:
     )
 
 
+def whoami(serving: Running, ctx: ssl.SSLContext) -> dict[str, Any]:
+    """The /whoami answer (the verdict on the client certificate) over a new connection."""
+    conn = https(serving, ctx)
+    try:
+        conn.request("GET", "/whoami")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
+    finally:
+        conn.close()
+
+
 def raw(serving: Running) -> socket.socket:
     return socket.create_connection(("127.0.0.1", serving.port), timeout=CLIENT_TIMEOUT)
 
@@ -367,15 +380,10 @@ def test_a_client_certificate_of_another_ca_is_served_and_judged_untrusted(
     system:masters, is never read."""
     ctx = client_context(certs, certs.stranger)
     ctx.maximum_version = tls_max
-    conn = https(serving, ctx)
-    conn.request("GET", "/whoami")
-    resp = conn.getresponse()
-    assert resp.status == 200
-    assert json.loads(resp.read()) == {
+    assert whoami(serving, ctx) == {
         "subject": None,
         "error": "unable to get local issuer certificate",
     }
-    conn.close()
 
 
 def test_a_client_certificate_under_an_intermediate_it_sends_is_verified(
@@ -394,10 +402,7 @@ def test_a_client_certificate_under_an_intermediate_it_sends_is_verified(
     chain = tmp_path / "ivy-chain.crt"
     chain.write_bytes(leaf[0].read_bytes() + inter[0].read_bytes())
     for cert, verified in ((chain, True), (leaf[0], False)):
-        conn = https(serving, client_context(certs, (cert, leaf[1])))
-        conn.request("GET", "/whoami")
-        answer = json.loads(conn.getresponse().read())
-        conn.close()
+        answer = whoami(serving, client_context(certs, (cert, leaf[1])))
         if verified:
             assert answer["error"] is None
             assert [["commonName", "ivy"]] in answer["subject"]
@@ -420,10 +425,7 @@ def test_an_expired_client_certificate_and_one_for_servers_only_are_judged_untru
     )  # fmt: skip
     for pair, reason in ((expired, "certificate has expired"),
                          (server_only, "unsuitable certificate purpose")):  # fmt: skip
-        conn = https(serving, client_context(certs, pair))
-        conn.request("GET", "/whoami")
-        assert json.loads(conn.getresponse().read()) == {"subject": None, "error": reason}
-        conn.close()
+        assert whoami(serving, client_context(certs, pair)) == {"subject": None, "error": reason}
 
 
 # ---- clients that do not speak TLS -------------------------------------------------------
