@@ -88,3 +88,16 @@ def test_openapi_ignores_q_and_version_matches_as_go_restful() -> None:
     assert restful_accepts_json("") and restful_accepts_json("text/html, */*;q=0.1")
     assert not restful_accepts_json("application/*")
     assert not restful_accepts_json("text/html")
+
+
+def test_a_remembered_query_is_a_fresh_dict_each_time() -> None:
+    """The parse of a repeated query is remembered, but a caller that changes its dict
+    (a middleware rewriting the query) changes only its own."""
+    raw = "fieldSelector=metadata.name%3Da&limit=5&limit=6"
+    first = parse_query(raw)
+    first["limit"].append("7")
+    first["extra"] = ["x"]
+    assert parse_query(raw) == {"fieldSelector": ["metadata.name=a"], "limit": ["5", "6"]}
+    assert parse_query(raw.encode()) == parse_query(raw)
+    long = "a=" + "b" * 5000  # parsed every time, not remembered
+    assert parse_query(long) == {"a": ["b" * 5000]}

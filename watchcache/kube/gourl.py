@@ -14,6 +14,7 @@ Go and Python differ on malformed URLs, and a client must not tell the two apart
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any
 
 from tornado import httputil
@@ -44,7 +45,22 @@ def _unescape(data: bytes, *, plus: bool) -> bytes | None:
 
 def parse_query(raw: str | bytes) -> dict[str, list[str]]:
     """url.ParseQuery's values (errors dropped, as Request.URL.Query() drops them); bytes
-    that are not UTF-8 become U+FFFD."""
+    that are not UTF-8 become U+FFFD. A fresh dict each time (a caller may change it); the
+    parse of a query string seen lately is remembered (a poll repeats its query)."""
+    if isinstance(raw, str) and len(raw) <= _REMEMBERED_QUERY_CHARS:
+        return {k: list(v) for k, v in _parsed(raw)}
+    return _parse_query(raw)
+
+
+_REMEMBERED_QUERY_CHARS = 2048  # longer ones (junk, mostly) are parsed every time
+
+
+@lru_cache(maxsize=1024)
+def _parsed(raw: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((k, tuple(v)) for k, v in _parse_query(raw).items())
+
+
+def _parse_query(raw: str | bytes) -> dict[str, list[str]]:
     data = raw.encode("latin-1", "replace") if isinstance(raw, str) else raw
     out: dict[str, list[str]] = {}
     if data.count(b"&") + 1 > MAX_QUERY_PARAMS:
