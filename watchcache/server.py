@@ -123,16 +123,19 @@ class Runtime:
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(r.run()) for r in self.reflectors]
 
-    async def end_watches(self, timeout: float = 5.0) -> None:
-        """Ends every watch stream cleanly; the caches stay fed (writes in flight wait on them)."""
+    def close_watches(self) -> None:
+        """Tells every watch stream to end (its queue, a last bookmark, its final chunk)."""
         for resource in self.cached.values():
             resource.hub.close_all()
+
+    async def end_watches(self, timeout: float = 5.0) -> None:
+        """Ends every watch stream cleanly; the caches stay fed (writes in flight wait on them)."""
+        self.close_watches()
         # Let every stream write its terminating chunk before connections are closed.
         await asyncio.gather(*(r.hub.wait_closed(timeout) for r in self.cached.values()))
 
     async def stop(self) -> None:
-        for resource in self.cached.values():
-            resource.hub.close_all()  # none left open after Server.stop; this one stops too
+        self.close_watches()  # none left open after Server.stop; this one stops too
         # Cancelled again while any is left (bounded): Python 3.11's wait_for drops a
         # cancellation that meets a result ready at the same moment (a connect, a page).
         pending = list(self._tasks)

@@ -175,17 +175,17 @@ class Supervisor:
         self,
         argv: Sequence[str],
         count: int,
-        fds: Sequence[int],
+        listening: Sequence[socket.socket],
         grace: float,
-        listening: Sequence[socket.socket] = (),
     ) -> None:
-        """``grace``: how long workers may take to stop (delay and grace); ``listening``: the
-        supervisor's own copies of the sockets of ``fds``, closed when stopping."""
+        """``listening``: the bound sockets the workers inherit (the supervisor's copies are
+        closed when stopping); ``grace``: how long workers may take to stop (delay and
+        grace)."""
         self.argv = list(argv)
         self.count = count
-        self.fds = list(fds)
-        self.grace = grace
         self.listening = list(listening)
+        self.fds = [sock.fileno() for sock in self.listening]
+        self.grace = grace
         self.directory = Path(tempfile.mkdtemp(prefix="watchcache-workers-"))
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
         self.started = [0.0] * count
@@ -306,4 +306,4 @@ def supervise(argv: Sequence[str], count: int, bind: str, port: int, grace: floa
         os.set_inheritable(sock.fileno(), True)
     chosen = sockets[0].getsockname()[1]
     log.info("watchcache supervisor on %s:%d, %d workers", bind, chosen, count)
-    return Supervisor(argv, count, [s.fileno() for s in sockets], grace, sockets).run()
+    return Supervisor(argv, count, sockets, grace).run()
