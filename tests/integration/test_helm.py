@@ -276,22 +276,18 @@ def test_default_rendering_passes_a_server_dry_run(helm: Path, controlplane: Con
     out = kubectl(controlplane, "apply", "--dry-run=server", "-f", "-", stdin=rendered)
     assert out.count("(server dry run)") == len(kinds), out
     # helm's own install path too (its client against this API server, and the NOTES).
-    notes = run(
-        [
-            helm,
-            "install",
-            "wc",
-            CHART,
-            "--namespace",
-            "wc-helm-default",
-            "--dry-run=server",
-            "--kubeconfig",
-            controlplane.kubeconfig,
-        ]
-    )
+    notes = install_dry_run(helm, controlplane)
     assert "STATUS: pending-install" in notes, notes
     assert "Security: authentication kubernetes, authorization kubernetes" in notes, notes
     assert '--token "$TOKEN"' in notes and "No authentication is configured" not in notes, notes
+
+
+def install_dry_run(helm: Path, cp: ControlPlane, *args: str | Path) -> str:
+    """helm's own install path against this API server (``--dry-run=server``): its NOTES."""
+    return run(
+        [helm, "install", "wc", CHART, "--namespace", "wc-helm-default", *args,
+         "--dry-run=server", "--kubeconfig", cp.kubeconfig]
+    )  # fmt: skip
 
 
 # The open mode of earlier versions, asked for in full (values.yaml and the README say so).
@@ -313,21 +309,7 @@ def test_the_open_mode_is_still_there_on_request(
     assert not [a for a in args if a.startswith(("--authentication", "--authorization"))], args
     names = [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"]
     assert names == ["wc-watchcache"], names  # no security rules, no /metrics reader
-    notes = run(
-        [
-            helm,
-            "install",
-            "wc",
-            CHART,
-            "--namespace",
-            "wc-helm-default",
-            "--values",
-            path,
-            "--dry-run=server",
-            "--kubeconfig",
-            controlplane.kubeconfig,
-        ]
-    )
+    notes = install_dry_run(helm, controlplane, "--values", path)
     assert "No authentication is configured" in notes, notes
 
 

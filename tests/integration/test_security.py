@@ -442,21 +442,16 @@ def judge(req: Req, kube: Side, wc: Side, token: str | None) -> str | None:
         return None
     else:
         accept = TABLE if req.kind == "table" else "application/json"
-        k = kube.send(
-            req.method,
-            req.path,
-            req.body,
-            token=token,
-            content_type=req.content_type,
-            accept=accept,
-        )
-        w = wc.send(
-            req.method,
-            req.path,
-            req.body,
-            token=token,
-            content_type=req.content_type,
-            accept=accept,
+        k, w = (
+            side.send(
+                req.method,
+                req.path,
+                req.body,
+                token=token,
+                content_type=req.content_type,
+                accept=accept,
+            )
+            for side in (kube, wc)
         )
         if k.code == w.code == 200 and req.kind in ("list", "table"):
             kn, wn = _names(k, req.kind, req.path), _names(w, req.kind, req.path)
