@@ -193,12 +193,13 @@ class Watcher:
         self.queued_bytes += len(frame)
         self.end()
 
-    def drain(self, budget: int) -> list[bytes]:
-        """Frames from the head of the queue, about ``budget`` bytes of them (at least one)."""
+    def drain(self, budget: int, count: int = 1 << 30) -> list[bytes]:
+        """Frames from the head of the queue: about ``budget`` bytes of them, at most
+        ``count``, at least one."""
         out: list[bytes] = []
         taken = 0
         frames = self.frames
-        while frames and (not out or taken + len(frames[0]) <= budget):
+        while frames and (not out or (taken + len(frames[0]) <= budget and len(out) < count)):
             frame = frames.popleft()
             out.append(frame)
             taken += len(frame)

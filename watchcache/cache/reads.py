@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import orjson
@@ -56,8 +56,9 @@ class Page:
 @dataclass(slots=True)
 class Subscription:
     """A watch, registered with the Hub (``watcher``), and what it sends first: the initial
-    events, then (``initial_end``) the bookmark that ends them. A watch that ends before it
-    starts has no watcher, only its final ``error`` event, if any."""
+    events (as pieces whose concatenation is the event lines), then (``initial_end``) the
+    bookmark that ends them. A watch that ends before it starts has no watcher, only its
+    final ``error`` event, if any."""
 
     watcher: Watcher | None
     initial: Iterator[bytes] = field(default_factory=lambda: iter(()))
@@ -292,6 +293,19 @@ async def watch(
     return subscribe(res, filter_, opts, wanted, from_state)
 
 
+ADDED_HEAD = b'{"type":"ADDED","object":'
+EVENT_TAIL = b"}\n"
+
+
+def added_pieces(entries: Iterable[Entry]) -> Iterator[bytes]:
+    """The ADDED events of ``entries`` as pieces to send in a row: each entry's own bytes
+    between two constants, so that a watcher's initial events copy nothing."""
+    for e in entries:
+        yield ADDED_HEAD
+        yield e.raw
+        yield EVENT_TAIL
+
+
 def subscribe(
     res: CachedResource, filter_: Filter, opts: ListOptions, wanted: int, from_state: bool
 ) -> Subscription:
@@ -303,7 +317,7 @@ def subscribe(
     rv_text = opts.resource_version or ""
     if from_state:
         entries = store.select(filter_.namespace, opts.label_selector, opts.field_selector)
-        sub.initial = (b'{"type":"ADDED","object":' + e.raw + b"}\n" for e in entries)
+        sub.initial = added_pieces(entries)
         watcher.rv = store.rv
         if opts.is_list_watch:
             sub.initial_end = store.rv

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,6 +38,8 @@ log = logging.getLogger("watchcache.http")
 
 # Answers larger than this leave with their head sent first (see Adapter.send_bytes).
 SEPARATE_HEAD_ABOVE = 256 * 1024
+MAX_PIECES = 1000  # pieces in one write_now; sendmsg takes at most IOV_MAX (1,024) buffers
+SHARE_ABOVE = 64 * 1024  # a piece of a write's rest handed to the stream as it is, uncopied
 # The methods a route serves itself; any other is first put to the route's ``other``.
 STANDARD_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # As kube-apiserver sends on every answer: no shared cache may keep a user's reply.
@@ -139,35 +141,39 @@ class Out:
         h.write(data)
         return h.flush()
 
-    def write_now(self, data: bytes) -> Awaitable[None] | None:
-        """One chunk straight onto an idle plain socket (``sendmsg`` of the chunk's size line,
-        the shared frame and its CRLF: no copy, no future), framed as tornado frames it. A
-        watch fan-out writes each event to every watcher: tornado's write path (handler
-        buffer, flush, connection and stream futures) cost twice the send itself there.
-        Only when the head is out and the stream holds nothing, so the bytes stay in order;
-        anything else (TLS, a stream still writing, a body not chunked) takes ``write``.
-        The handler's own buffer is empty here: ``write`` flushes whatever it adds."""
+    def write_now(self, pieces: Sequence[bytes]) -> Awaitable[None] | None:
+        """One chunk straight onto an idle plain socket: one ``sendmsg`` of its size line,
+        the pieces and its CRLF, framed as tornado frames a chunk. The pieces are the
+        cache's shared frames (or an entry's raw bytes between two constants), sent without
+        a join or a copy: a fan-out writes each event to every watcher, and a watcher that
+        stops reading pins nothing of its own. Only when the head is out and the stream
+        holds nothing, so the bytes stay in order; anything else (TLS, a stream still
+        writing, a body not chunked, more pieces than one ``sendmsg`` takes) joins them
+        and takes ``write``. The handler's own buffer is empty here: ``write`` flushes
+        whatever it adds."""
         stream = self.connection.stream
         sock = stream.socket
         if (
             not self.chunked
             or not self.handler.head_out
             or sock is None
+            or len(pieces) > MAX_PIECES
             or isinstance(stream, iostream.SSLIOStream)
             or stream.writing()
             or stream.closed()
         ):
-            return self.write(data)
-        head = b"%x\r\n" % len(data)
+            return self.write(b"".join(pieces))
+        size = sum(map(len, pieces))
+        bufs = [b"%x\r\n" % size, *pieces, b"\r\n"]
         try:
-            sent = sock.sendmsg((head, data, b"\r\n"))
+            sent = sock.sendmsg(bufs)
         except BlockingIOError:
             sent = 0
         except OSError:
-            return self.write(data)  # tornado sees the error again and closes the stream
-        if sent == len(head) + len(data) + 2:
+            return self.write(b"".join(pieces))  # tornado sees the error again, closes
+        if sent == len(bufs[0]) + size + 2:
             return None
-        return stream.write((head + data + b"\r\n")[sent:])  # in order: nothing was queued
+        return write_rest(stream, bufs, sent)  # in order: nothing was queued
 
     def idle(self) -> bool:
         return not self.connection.stream.writing()
@@ -180,6 +186,31 @@ class Out:
 
     def abort(self) -> None:
         self.connection.close()
+
+
+def write_rest(stream: iostream.IOStream, bufs: list[bytes], sent: int) -> Awaitable[None]:
+    """What ``sendmsg`` left of ``bufs`` after ``sent`` bytes, handed to the stream without
+    copying the large pieces (tornado keeps those as views); runs of small ones are joined,
+    so that the stream does not try the socket once per piece."""
+    i = 0
+    while sent >= len(bufs[i]):
+        sent -= len(bufs[i])
+        i += 1
+    rest: list[bytes | memoryview] = [memoryview(bufs[i])[sent:], *bufs[i + 1 :]]
+    done: Awaitable[None] | None = None
+    small: list[bytes | memoryview] = []
+    for piece in rest:
+        if len(piece) < SHARE_ABOVE:
+            small.append(piece)
+            continue
+        if small:
+            stream.write(b"".join(small))
+            small = []
+        done = stream.write(piece)
+    if small:
+        done = stream.write(b"".join(small))
+    assert done is not None
+    return done
 
 
 @web.stream_request_body

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from tornado import iostream
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from watchcache.kube.listoptions import ListOptions
 
 WRITE_BUDGET = 1 << 20  # bytes written per flush: what a stalled stream holds in flight
+MAX_FRAMES = 900  # pieces per flush, under what one sendmsg takes (see Out.write_now)
 
 
 def watch_response(
@@ -85,7 +86,7 @@ class WatchStream:
                 await out.start()  # a client counts the watch as open once it has the head
             if watcher is None:  # ended before it started: its last event, if any
                 if sub.error is not None:
-                    await writer.write(sub.error, stall)
+                    await writer.write((sub.error,), stall)
                 return
             watcher.on_overflow = writer.abort
             await write_initial(writer, sub.initial, watcher, stall)
@@ -94,11 +95,11 @@ class WatchStream:
                 # was queued (the 410 ERROR, if any) is the last thing written. A shutdown
                 # goes on below: the rest, then the last bookmark.
                 if watcher.frames:
-                    await writer.write(b"".join(watcher.drain(WRITE_BUDGET)), stall)
+                    await writer.write(watcher.drain(WRITE_BUDGET, MAX_FRAMES), stall)
                 return
             if sub.initial_end is not None:
                 await writer.write(
-                    bookmark_frame(resource, sub.initial_end, initial_end=True), stall
+                    (bookmark_frame(resource, sub.initial_end, initial_end=True),), stall
                 )
             watcher.direct = writer.try_write
             await stream(writer, resource, watcher, self.opts)
@@ -124,23 +125,23 @@ async def within(write: Awaitable[None], stall: float) -> None:
 
 
 async def write_initial(
-    writer: BodyWriter | WebSocketWriter, frames: Iterator[bytes], watcher: Watcher, stall: float
+    writer: BodyWriter | WebSocketWriter, pieces: Iterator[bytes], watcher: Watcher, stall: float
 ) -> None:
-    """Writes about WRITE_BUDGET bytes per flush, building each batch only when the last one
+    """Writes about WRITE_BUDGET bytes per flush, taking each batch only when the last one
     is out, so that a stalled or ended stream holds little, and stops as soon as the watch
-    is ended."""
+    is ended. The pieces are the shared entries' bytes: a batch is references, not a copy."""
     batch: list[bytes] = []
     size = 0
-    for frame in frames:
-        batch.append(frame)
-        size += len(frame)
-        if size >= WRITE_BUDGET:
-            await writer.write(b"".join(batch), stall)
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece)
+        if size >= WRITE_BUDGET or len(batch) >= MAX_FRAMES:
+            await writer.write(batch, stall)
             if watcher.ended and watcher.closing_rv is None:  # a shutdown sends them all
                 return
             batch, size = [], 0
     if batch:
-        await writer.write(b"".join(batch), stall)
+        await writer.write(batch, stall)
 
 
 class BodyWriter:
@@ -159,7 +160,7 @@ class BodyWriter:
         out = self.out
         if self.busy or out.closed or not out.idle():
             return False
-        done = out.write_now(frame)
+        done = out.write_now((frame,))
         if isinstance(done, asyncio.Future):
             done.add_done_callback(ignore_closed)
             if not done.done():
@@ -173,10 +174,14 @@ class BodyWriter:
         if pending is not None and not (isinstance(pending, asyncio.Future) and pending.done()):
             await within(pending, stall)
 
-    async def write(self, data: bytes, stall: float) -> None:
+    async def write(self, pieces: Sequence[bytes], stall: float) -> None:
+        """The pieces as one chunk, within ``stall`` seconds (the stream is idle here: the
+        coroutine awaits each of its writes, and ``settle`` the fast path's)."""
         self.busy = True
         try:
-            await within(self.out.write(data), stall)
+            done = self.out.write_now(pieces)
+            if done is not None:
+                await within(done, stall)
         finally:
             self.busy = False
 
@@ -211,15 +216,15 @@ async def stream(
         wait_until = min(deadline, next_bookmark) if opts.allow_watch_bookmarks else deadline
         await watcher.wait(max(0.0, wait_until - now()))
         await writer.settle(stall)
-        frames = watcher.drain(WRITE_BUDGET)
+        frames = watcher.drain(WRITE_BUDGET, MAX_FRAMES)
         if frames:
-            await writer.write(b"".join(frames), stall)
+            await writer.write(frames, stall)
         if watcher.ended and not watcher.frames:  # ended: what was queued is sent
             if watcher.closing_rv is not None and opts.allow_watch_bookmarks:
                 # The shutdown's bookmark: every event up to closing_rv is written (above),
                 # so the client may resume from it on another server and miss nothing.
                 watcher.rv = max(watcher.rv, watcher.closing_rv)
-                await writer.write(bookmark_frame(resource, watcher.rv), stall)
+                await writer.write((bookmark_frame(resource, watcher.rv),), stall)
             return
         t = now()
         if (
@@ -231,7 +236,7 @@ async def stream(
             # before it advances), and the queue is empty: this bookmark cannot overtake one.
             if store.rv > watcher.rv or t >= deadline:
                 watcher.rv = max(watcher.rv, store.rv)
-                await writer.write(bookmark_frame(resource, watcher.rv), stall)
+                await writer.write((bookmark_frame(resource, watcher.rv),), stall)
             next_bookmark = t + interval
         if t >= deadline:
             return

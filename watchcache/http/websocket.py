@@ -22,6 +22,7 @@ import base64
 import contextlib
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from tornado import iostream
@@ -162,10 +163,10 @@ class WebSocketWriter:
         if pending is not None and not pending.done():
             await asyncio.wait_for(asyncio.shield(pending), stall)
 
-    async def write(self, data: bytes, stall: float) -> None:
+    async def write(self, pieces: Sequence[bytes], stall: float) -> None:
         self.busy = True
         try:
-            await asyncio.wait_for(self.stream.write(_messages(data)), stall)
+            await asyncio.wait_for(self.stream.write(_messages(b"".join(pieces))), stall)
         finally:
             self.busy = False
 

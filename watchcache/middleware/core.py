@@ -139,9 +139,9 @@ class Writer(Protocol):
         """Sends ``data`` (framed as the connection needs); done once the socket took it."""
         ...
 
-    def write_now(self, data: bytes) -> Awaitable[None] | None:
-        """``write`` for the watch fast path: None when the socket took all of ``data`` at
-        once; otherwise what finishes once it has taken the rest."""
+    def write_now(self, pieces: Sequence[bytes]) -> Awaitable[None] | None:
+        """``write`` of ``b"".join(pieces)`` for the watch path, without the join: None when
+        the socket took it all at once; otherwise what finishes once it has taken the rest."""
         ...
 
     def idle(self) -> bool:
