@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import SHARD_LABEL
-from benchmarks.procs import Target
+from benchmarks.procs import Target, pinned
 from benchmarks.wrk import LoadResult, run_wrk
 from tests.support.controlplane import free_port
 
@@ -172,8 +172,10 @@ def ceiling_run(
     connections: int,
     module: str = "benchmarks.ceiling",
     *args: str,
+    cores: tuple[set[int], set[int]] | None = None,
 ) -> LoadResult:
-    """wrk against a fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling)."""
+    """wrk against a fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling);
+    ``cores``: the server's and wrk's, as ``split_cores`` gives them."""
     body_file = bench.workdir / "ceiling-body.json"
     body_file.write_bytes(body)
     port = free_port()
@@ -187,13 +189,15 @@ def ceiling_run(
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("the ceiling server did not start")
         target = Target("ceiling", f"http://127.0.0.1:{port}", {}, [proc.pid], [])
-        return run_wrk(
-            target,
-            [path],
-            connections=connections,
-            seconds=bench.sizes.seconds,
-            quiet=[*bench.server_pids, proc.pid],
-        )
+        with pinned([proc.pid], cores and cores[0]):
+            return run_wrk(
+                target,
+                [path],
+                connections=connections,
+                seconds=bench.sizes.seconds,
+                quiet=[*bench.server_pids, proc.pid],
+                cpus=cores and cores[1],
+            )
     finally:
         proc.terminate()
         proc.wait(10)

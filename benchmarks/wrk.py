@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import shutil
 import subprocess
@@ -76,9 +77,11 @@ def run_wrk(
     headers: dict[str, str] | None = None,
     timeout_s: int = 60,
     quiet: list[int] | None = None,
+    cpus: set[int] | None = None,
 ) -> LoadResult:
     """Load ``target`` with GETs of ``paths`` (rotated) for ``seconds``, once the ``quiet``
-    processes have finished what earlier runs left them (their CPU would count here)."""
+    processes have finished what earlier runs left them (their CPU would count here).
+    ``cpus``: the cores wrk may run on (see ``pinned``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk (make bench does)")
@@ -91,7 +94,13 @@ def run_wrk(
         cpu_own0, cpu_api0 = cpu_seconds(target.own_pids), cpu_seconds(target.api_pids)
         busy0, kids0 = machine_busy(), resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+            preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+        )
         wall = time.monotonic() - t0
         cpu_own = cpu_seconds(target.own_pids) - cpu_own0
         cpu_api = cpu_seconds(target.api_pids) - cpu_api0
