@@ -1,8 +1,9 @@
 """Scenarios 5 and 10: watch fan-out. N watchers on one namespace while a writer patches its
 objects.
 
-The watchers (asyncio processes, ``PER_WATCH_PROCESS`` watchers each) watch from the
-namespace's current resourceVersion, so no initial state is sent and every event they
+The watchers (``benchmarks/watchload``, a Go program built at first use by
+``benchmarks.gobuild``; ``PER_WATCH_PROCESS`` watchers each) watch from the namespace's
+current resourceVersion, so no initial state is sent and every event they
 receive is a write of this run. The writer (a second process) patches the API server
 directly at a steady rate, whichever target is watched: the figure is the delay from an
 upstream write to each watcher.
@@ -18,7 +19,7 @@ import threading
 from array import array
 from typing import Any
 
-from benchmarks import fanout
+from benchmarks import fanout, gobuild
 from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import KeepAliveClient, plan_rayclusters
 from benchmarks.procs import (
@@ -76,6 +77,12 @@ def _prepare(bench: Bench) -> list[str]:
     return [p.name for p in plans]
 
 
+def _watch_argv() -> list[str]:
+    """The watch load generator's command, ahead of ``watch --url ...`` (the arguments of
+    ``python -m benchmarks.fanout watch``, whose reader costs too much CPU for scenario 10)."""
+    return [str(gobuild.watchload())]
+
+
 def _one(
     bench: Bench, target: Target, count: int, names: list[str], procs: int = 1
 ) -> dict[str, Any]:
@@ -96,9 +103,10 @@ def _one(
     outs = [bench.workdir / f"watch-{tag}-{i}.json" for i in range(len(parts))]
     lats = [bench.workdir / f"watch-{tag}-{i}.lat" for i in range(len(parts))]
     watchers: list[subprocess.Popen[bytes]] = []
+    reader = _watch_argv()
     try:
         for part, out, lat in zip(parts, outs, lats, strict=True):
-            argv = [sys.executable, "-m", "benchmarks.fanout", "watch", "--url", url]
+            argv = [*reader, "watch", "--url", url]
             argv += ["--count", str(part), "--writes", str(writes), "--out", str(out)]
             argv += ["--latencies", str(lat), "--connect-timeout", str(max(120, count / 50))]
             watchers.append(
@@ -258,7 +266,7 @@ def scenario_10(bench: Bench) -> None:
     res.notes.append(
         f"Scenario 10: {many:,} watchers at {rate:g} writes/s ask for"
         f" {many * rate:,.0f} deliveries/s. Per delivery, watchcache spent {own_us:.0f} µs of"
-        f" CPU and the watch load generator ({procs} asyncio process(es)) {gen_us:.0f} µs, on"
+        f" CPU and the watch load generator ({procs} Go process(es)) {gen_us:.1f} µs, on"
         f" {machine_cores()} cores shared with kube-apiserver, etcd and the writer: a figure"
         " missed here may be the machine's, not the server's."
     )
