@@ -200,7 +200,7 @@ func decide(line []byte, complete bool) (state int, rv int64, err error) {
 	if n < len(prefix) {
 		return boolState(complete), 0, nil
 	}
-	i := bytes.Index(line, mark)
+	i := markIndex(line)
 	if i < 0 {
 		return boolState(complete), 0, nil
 	}
@@ -217,6 +217,25 @@ func decide(line []byte, complete bool) (state int, rv int64, err error) {
 		return 1, 0, fmt.Errorf("ValueError: resourceVersion %q", value[:j])
 	}
 	return 2, rv, nil
+}
+
+// markIndex is bytes.Index(line, mark), anchored on the mark's capital V: the mark begins
+// with a quote, the commonest byte of JSON, on which bytes.Index falls back to a slow
+// scan (a fifth of the CPU when managedFields put the mark kilobytes into the line).
+func markIndex(line []byte) int {
+	const v = 9 // mark[v] == 'V'
+	for from := v; from < len(line); {
+		j := bytes.IndexByte(line[from:], 'V')
+		if j < 0 {
+			return -1
+		}
+		at := from + j - v
+		if at+len(mark) <= len(line) && bytes.Equal(line[at:at+len(mark)], mark) {
+			return at
+		}
+		from += j + 1
+	}
+	return -1
 }
 
 func boolState(complete bool) int {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"testing"
@@ -143,6 +144,17 @@ func TestLinesCutAnywhere(t *testing.T) {
 		}
 		if !over || len(w.rvs) != 1 || w.rvs[0] != 4711 {
 			t.Fatalf("step %d: over %v rvs %v", step, over, w.rvs)
+		}
+	}
+}
+
+func TestMarkIndexIsBytesIndex(t *testing.T) {
+	for _, line := range []string{
+		"", `"resourceVersion":"`, `x"resourceVersion":"1"`, `"apiVersion":"v1","resourceVersion":"7"`,
+		`"resourceVersion"`, `V"resourceVersion":"V"resourceVersion":"`, `{"fieldsV1":{}}`,
+	} {
+		if got, want := markIndex([]byte(line)), bytes.Index([]byte(line), mark); got != want {
+			t.Errorf("markIndex(%q) = %d, want %d", line, got, want)
 		}
 	}
 }
