@@ -204,7 +204,12 @@ def machine_cores() -> int:
     return os.cpu_count() or 1
 
 
-PER_WATCH_PROCESS = 2500  # watchers one load process reads without falling behind
+# Watchers per load process (one reading thread each, benchmarks/watchload): 2 for 10,000.
+# Measured here, CPU per delivery: 7.5 µs at 1,000 watchers in one process (8.9 in two;
+# the Python reader: 37), 5.1 µs at 5,000 of a local stand-in at 50,000 events/s. 100,000
+# deliveries/s in one thread would keep it most of a core busy, its own queue in the
+# latencies; in two, each about a quarter of a core.
+PER_WATCH_PROCESS = 5000
 PER_WORKER = 9000  # watchers per watchcache process: see scenario_10
 
 
