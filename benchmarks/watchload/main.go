@@ -72,8 +72,9 @@ func newClock() clock {
 
 func (c clock) now() float64 { return c.base + time.Since(c.start).Seconds() }
 
-// watcher is one stream: its parser state (touched by its own goroutine only) and its
-// arrivals (shared with the main goroutine under mu).
+// watcher is one stream: its parser state (touched by its connecting goroutine up to the
+// head, then by the poller only, after registered is set) and its arrivals (shared with
+// the main goroutine under mu).
 type watcher struct {
 	index  int
 	conn   net.Conn
