@@ -1,0 +1,3 @@
+module watchcache.local/watchload
+
+go 1.22
