@@ -24,7 +24,7 @@ helm:
 run: $(BIN)/watchcache controlplane
 	$(BIN)/watchcache dev
 
-## check: lint, types and the unit tests; needs no Go and no control plane
+## check: lint, types and the unit tests (one builds the benchmarks' Go watch reader); no control plane
 check: lint
 	$(BIN)/mypy
 	$(BIN)/pytest -q tests/unit
