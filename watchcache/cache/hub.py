@@ -244,6 +244,9 @@ class Hub:
         # Versions above this one are all in the history (or the store is not yet synced).
         self.window_start = 0
         self.watchers: set[Watcher] = set()  # those events are delivered to
+        # The same, by filter: watchers that want the same things share one frame decision
+        # per event (a dashboard's thousand watchers of one namespace filter it once).
+        self._groups: dict[Filter, set[Watcher]] = {}
         # Those whose streams have not finished yet: close_all ends them, wait_closed waits.
         self._open: set[Watcher] = set()
         self._all_closed = asyncio.Event()
@@ -265,12 +268,24 @@ class Hub:
             self.history.append((now, wev))
             self.events += 1
         self._trim(now)
-        for watcher in list(self.watchers):
-            frame = watcher.filter.frame(wev)
-            if frame is not None and not watcher.push(frame, wev.rv):
-                self.watchers.discard(watcher)
-                if watcher.overflowed:
-                    self.ended_slow += 1
+        rv = wev.rv
+        for filter_, group in list(self._groups.items()):
+            frame = filter_.frame(wev)
+            if frame is None:
+                continue
+            for watcher in tuple(group):  # a push may end a watcher, and a callback remove it
+                if not watcher.push(frame, rv):
+                    self._stop_delivering(watcher)
+                    if watcher.overflowed:
+                        self.ended_slow += 1
+
+    def _stop_delivering(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+        group = self._groups.get(watcher.filter)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._groups[watcher.filter]
 
     def _on_relist(self, relist: Relisted) -> None:
         """History breaks at ``relist.rv`` (see the module docstring)."""
@@ -283,7 +298,7 @@ class Hub:
                 continue  # nothing it may see changed: its sequence is still exact
             status = watch_too_old(watcher.rv, relist.rv + 1)
             watcher.expire(b'{"type":"ERROR","object":' + orjson.dumps(status) + b"}\n")
-            self.watchers.discard(watcher)
+            self._stop_delivering(watcher)
             self.ended_relist += 1
 
     def _trim(self, now: float) -> None:
@@ -318,12 +333,13 @@ class Hub:
 
     def add(self, watcher: Watcher) -> None:
         self.watchers.add(watcher)
+        self._groups.setdefault(watcher.filter, set()).add(watcher)
         self._open.add(watcher)
         self._all_closed.clear()
 
     def remove(self, watcher: Watcher) -> None:
         """Called once the watcher's stream has finished (its end is written)."""
-        self.watchers.discard(watcher)
+        self._stop_delivering(watcher)
         self._open.discard(watcher)
         if not self._open:
             self._all_closed.set()
@@ -336,6 +352,7 @@ class Hub:
         for watcher in list(self._open):
             watcher.close(rv)
         self.watchers.clear()
+        self._groups.clear()
 
     async def wait_closed(self, timeout: float) -> bool:
         """After close_all: True once every stream has finished, False after ``timeout``."""

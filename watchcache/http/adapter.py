@@ -114,18 +114,22 @@ def internal_error(eid: str) -> StatusError:
 class Out:
     """The ``Writer`` a Stream gets: the handler's own flush, detach and connection."""
 
-    __slots__ = ("chunked", "handler")
+    __slots__ = ("chunked", "handler", "sock", "stream")
 
     def __init__(self, handler: Adapter, chunked: bool = False) -> None:
         self.handler = handler
         # The body goes out in chunks (tornado's rule for an answer: an HTTP/1.1 request
         # other than HEAD, a status with a body, no Content-Length): ``write_now`` frames so.
         self.chunked = chunked
+        self.stream = self.connection.stream
+        # The socket ``write_now`` sends on itself: a chunked body on a plain connection.
+        plain = chunked and not isinstance(self.stream, iostream.SSLIOStream)
+        self.sock = self.stream.socket if plain else None
 
     @property
     def closed(self) -> bool:
         h = self.handler
-        return h.gone or h.done or self.connection.stream.closed()
+        return h.gone or h.done or self.stream.closed()
 
     @property
     def connection(self) -> HTTP1Connection:
@@ -151,19 +155,16 @@ class Out:
         writing, a body not chunked, more pieces than one ``sendmsg`` takes) joins them
         and takes ``write``. The handler's own buffer is empty here: ``write`` flushes
         whatever it adds."""
-        stream = self.connection.stream
-        sock = stream.socket
+        stream, sock = self.stream, self.sock
         if (
-            not self.chunked
+            sock is None
             or not self.handler.head_out
-            or sock is None
             or len(pieces) > MAX_PIECES
-            or isinstance(stream, iostream.SSLIOStream)
             or stream.writing()
             or stream.closed()
         ):
             return self.write(b"".join(pieces))
-        size = sum(map(len, pieces))
+        size = len(pieces[0]) if len(pieces) == 1 else sum(map(len, pieces))
         bufs = [b"%x\r\n" % size, *pieces, b"\r\n"]
         try:
             sent = sock.sendmsg(bufs)
@@ -176,7 +177,7 @@ class Out:
         return write_rest(stream, bufs, sent)  # in order: nothing was queued
 
     def idle(self) -> bool:
-        return not self.connection.stream.writing()
+        return not self.stream.writing()
 
     def upgrade(self) -> iostream.IOStream:
         h = self.handler
