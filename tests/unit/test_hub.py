@@ -104,3 +104,18 @@ def test_a_shutdown_closes_each_open_watcher_at_the_stores_version_after_its_eve
     assert expired.ended and expired.closing_rv is None
     assert live.ended and live.closing_rv == hub.store.rv - 1 == 21
     assert [f["object"]["metadata"]["resourceVersion"] for f in frames(live)] == ["21"]
+
+
+def test_watchers_with_one_filter_share_its_frame_and_leave_it_one_by_one(hub: Hub) -> None:
+    first, second, other = watch(hub, "a"), watch(hub, "a"), watch(hub, "b")
+    hub.store.apply("MODIFIED", obj("a", "x", 21))
+    one, two = frames(first), frames(second)
+    assert one == two and one[0]["object"]["metadata"]["resourceVersion"] == "21"
+    assert frames(other) == []
+    hub.remove(first)
+    hub.store.apply("MODIFIED", obj("a", "x", 22))
+    assert frames(first) == [] and len(frames(second)) == 1
+    hub.remove(second)
+    hub.remove(other)
+    hub.store.apply("MODIFIED", obj("a", "x", 23))
+    assert not hub.watchers and not hub._groups  # nothing kept for filters no one uses
