@@ -35,6 +35,7 @@ from watchclient import WatchStream, reached, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DOCKERIGNORE = ROOT / "deploy" / "Dockerfile.dockerignore"  # its build context's filter
 
 # The build context the Dockerfile copies, and the steps it runs, as tokens. WHEELS is the
 # build stage's wheel directory (mounted into the run stage); on the host, a temp folder.
@@ -124,6 +125,10 @@ def test_the_dockerfile_says_the_steps_replayed_here() -> None:
     for *srcs, dest in copies:
         assert dest == "./" or [dest] == [f"./{s}" for s in srcs], copies
     assert [i for i in final if i.keyword in ("COPY", "ADD")] == [], "the run stage copies nothing"
+    # The context itself: everything out but the three (and their __pycache__ out too).
+    rules = [r for r in DOCKERIGNORE.read_text().splitlines() if r and not r.startswith("#")]
+    assert rules[0] == "*" and "**/__pycache__" in rules, rules
+    assert sorted(r[1:].rstrip("/") for r in rules if r.startswith("!")) == sorted(CONTEXT)
 
     build_runs = [cmd for i in build if i.keyword == "RUN" for cmd in run_commands(i)[1]]
     assert build_runs == [BUILD_WHEELS], build_runs
@@ -255,8 +260,9 @@ def image(controlplane: ControlPlane) -> Iterator[Image]:
         context, wheels, venv = top / "src", top / "wheels", top / "venv"
         workdir, kube = top / "work", top / "kube"
 
-        # Build stage: COPY the three sources, then `pip wheel` with the project venv's python
-        # and the machine's pip settings (index, find-links), as pip runs anywhere.
+        # Build stage: COPY the three sources (no __pycache__: the .dockerignore drops them),
+        # then `pip wheel` with the project venv's python and the machine's pip settings
+        # (index, find-links), as pip runs anywhere.
         context.mkdir()
         for name in CONTEXT:
             src = ROOT / name
@@ -264,7 +270,7 @@ def image(controlplane: ControlPlane) -> Iterator[Image]:
                 shutil.copytree(src, context / name, ignore=shutil.ignore_patterns("__pycache__"))
             else:
                 shutil.copy2(src, context / name)
-        run([sys.executable, *on_host(BUILD_WHEELS, wheels)], timeout=240, cwd=context)
+        run([sys.executable, *on_host(BUILD_WHEELS, wheels)], timeout=120, cwd=context)
 
         # Run stage: a fresh venv, installed from those wheels only (no pip configuration of
         # this machine's, no index, no other find-links), then pip and setuptools removed.
