@@ -80,20 +80,25 @@ def start_proxy(
     command: Sequence[str] = ("-m", "watchcache", "serve"),
     ready: str = "/readyz",
     port: int | None = None,
+    executable: str = sys.executable,
+    kubeconfig: Path | None = None,
+    **popen: Any,
 ) -> Proxy:
     """Starts ``python COMMAND --kubeconfig K --port P --log-level DEBUG ARGS`` (by default
     `watchcache serve`; the examples' servers take the same flags) and waits until ``ready``
     answers 200 (``/healthz`` for a server that is not expected to sync). ``port``: a given
-    one (a server started again where it was), else a free one; the log is appended to."""
+    one (a server started again where it was), else a free one; the log is appended to.
+    ``executable``, ``kubeconfig`` and ``popen`` (cwd, env, user, ...) run another install
+    than this venv's, e.g. the image's steps replayed on the host, as another user."""
     port = port or free_port()
     log_path = tmp / f"watchcache-{port}.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
             [
-                sys.executable,
+                executable,
                 *command,
                 "--kubeconfig",
-                str(cp.kubeconfig),
+                str(kubeconfig or cp.kubeconfig),
                 "--port",
                 str(port),
                 "--log-level",
@@ -103,6 +108,7 @@ def start_proxy(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            **popen,
         )
     proxy = Proxy(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + 60
