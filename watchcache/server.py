@@ -39,6 +39,10 @@ from watchcache.workers import METRICS_EVERY, WorkerContext
 
 log = logging.getLogger("watchcache")
 
+# Upstream connections of the reflectors' pool beyond one per feed: a feed's next request
+# may start while the connection of its last one is still being let go.
+FEED_SPARE = 1
+
 
 class Runtime:
     """The collaborators handlers share, created once per server (no module-level singletons)."""
@@ -52,6 +56,10 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        # The reflectors' LIST/WATCH feeds have a pool of their own, one connection per feed
+        # (each holds one at a time) and one spare, so that forwarded requests filling
+        # --max-upstream-connections can never keep a cache from following kube-apiserver.
+        self.feeds = Upstream(upstream.credentials, max_connections=1)
         self.retry = settings.retry
         self.requests = RequestCounter()
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
@@ -71,6 +79,7 @@ class Runtime:
         specs += [s for f in self.features for s in f.resources]
         for spec in dict.fromkeys(specs):  # once each, in order
             self._cache(spec)
+        self.feeds.max_connections = len(self.reflectors) + FEED_SPARE
         # What discovery lists: the configured resources and any other served cache (events).
         extra = [s for s in self.cached if s.served and s not in settings.resources]
         self.discovery = Discovery(upstream, [*settings.resources, *extra])
@@ -108,7 +117,7 @@ class Runtime:
             self.reflectors.append(
                 Reflector(
                     spec,
-                    self.upstream,
+                    self.feeds,
                     store,
                     namespace=ns,
                     silence=self.settings.upstream_watch_silence,
@@ -302,12 +311,17 @@ class Server:
         creds = self._credentials or load_credentials(
             self.settings.kubeconfig, self.settings.context
         )
-        self.runtime = Runtime(self.settings, Upstream(creds), self.middleware, self.features)
+        limits = self.settings.limits
+        upstream = Upstream(
+            creds,
+            max_connections=limits.max_upstream_connections,
+            wait=limits.upstream_connection_wait,
+        )
+        self.runtime = Runtime(self.settings, upstream, self.middleware, self.features)
         if self.worker is not None:
             self._share(self.worker, self.runtime)
         self.runtime.start()
         app = make_app(self.runtime)
-        limits = self.settings.limits
         _bound_query_params(limits.max_query_params)
         sec = self.settings.security
         tls = None
@@ -317,7 +331,8 @@ class Server:
             tls = ServingCertificate(
                 sec.tls_cert_file, sec.tls_private_key_file, sec.client_ca_file
             )
-        self._http = BoundedHTTPServer(app, limits, tls)
+        upstream_bound = upstream.max_connections + self.runtime.feeds.max_connections
+        self._http = BoundedHTTPServer(app, limits, tls, upstream=upstream_bound)
         self.runtime.connections = self._http.stats
         sockets = self._sockets or bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]
@@ -390,6 +405,7 @@ class Server:
             await self._http.close_all_connections()
         if self.runtime is not None:
             self.runtime.upstream.close()
+            self.runtime.feeds.close()
         if self._publisher is not None:
             self._publisher.cancel()
 
