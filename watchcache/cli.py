@@ -239,10 +239,9 @@ def _limits(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=d.max_upstream_connections,
         metavar="N",
-        help="open connections to kube-apiserver for forwarded requests (cached reads and "
-        "watches need none); the client-connection limit is what the descriptor limit leaves "
-        "after them, and a request finding all busy waits "
-        f"{d.upstream_connection_wait:g}s, then gets 429",
+        help="connections to kube-apiserver for forwarded requests (cached reads and watches "
+        "use none), so that clients get the descriptors left after them; all busy for "
+        f"{d.upstream_connection_wait:g}s: 429",
     )
     group.add_argument(
         "--header-timeout",
