@@ -33,6 +33,7 @@ class Observed(Protocol):
     connections: ConnectionStats
     upstream: Upstream  # forwarded requests' connections to the API server
     feeds: Upstream  # the reflectors' own
+    reviews: Upstream  # TokenReviews' and SubjectAccessReviews'
     # With several workers: this worker's series in, every worker's out (watchcache.workers).
     whole_server: Callable[[bytes], bytes] | None
 
@@ -115,10 +116,11 @@ def render_own(runtime: Observed, requests: RequestCounter) -> bytes:
         "watchcache_upstream_connections",
         "gauge",
         "Open connections to the API server, in use or idle: forwarded requests'"
-        " (--max-upstream-connections) and the reflectors' own.",
+        " (--max-upstream-connections), the reflectors' and the reviews' own.",
         [
             (_labels(pool="requests"), runtime.upstream.open_connections),
             (_labels(pool="reflectors"), runtime.feeds.open_connections),
+            (_labels(pool="reviews"), runtime.reviews.open_connections),
         ],
     )
     metric(

@@ -42,6 +42,9 @@ log = logging.getLogger("watchcache")
 # Upstream connections of the reflectors' pool beyond one per feed: a feed's next request
 # may start while the connection of its last one is still being let go.
 FEED_SPARE = 1
+# Upstream connections for authentication and authorization reviews; answers are cached, so
+# only a burst of new callers needs many at once, and it waits its turn (then is refused).
+REVIEW_CONNECTIONS = 64
 
 
 class Runtime:
@@ -60,6 +63,9 @@ class Runtime:
         # (each holds one at a time) and one spare, so that forwarded requests filling
         # --max-upstream-connections can never keep a cache from following kube-apiserver.
         self.feeds = Upstream(upstream.credentials, max_connections=1)
+        # TokenReviews and SubjectAccessReviews too: every request, cached reads included,
+        # may need one, so forwarded requests filling their pool must not block them.
+        self.reviews = Upstream(upstream.credentials, max_connections=REVIEW_CONNECTIONS)
         self.retry = settings.retry
         self.requests = RequestCounter()
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
@@ -88,7 +94,7 @@ class Runtime:
         self.security: Security | None = None
         if settings.security.enabled:
             rules = [f.attributes for f in self.features if f.attributes is not None]
-            self.security = build_security(settings.security, upstream, rules)
+            self.security = build_security(settings.security, self.reviews, rules)
             at = 1 if self.features and self.features[0].name == "cors" else 0
             built.insert(at, self.security)
         self.middleware: list[Middleware] = [*built, *middleware]
@@ -124,6 +130,11 @@ class Runtime:
                 )
             )
         return resource
+
+    def pools(self) -> list[Upstream]:
+        """Every pool of upstream connections: forwarded requests', the reflectors', the
+        reviews' (the descriptors they may take are kept from the clients)."""
+        return [self.upstream, self.feeds, self.reviews]
 
     def store(self, spec: ResourceSpec) -> Store:
         """A feature's cached resource (the FeatureContext its middleware is built with)."""
@@ -331,7 +342,7 @@ class Server:
             tls = ServingCertificate(
                 sec.tls_cert_file, sec.tls_private_key_file, sec.client_ca_file
             )
-        upstream_bound = upstream.max_connections + self.runtime.feeds.max_connections
+        upstream_bound = sum(u.max_connections for u in self.runtime.pools())
         self._http = BoundedHTTPServer(app, limits, tls, upstream=upstream_bound)
         self.runtime.connections = self._http.stats
         sockets = self._sockets or bind_sockets(self.settings.port, self.settings.bind)
@@ -404,8 +415,8 @@ class Server:
         if self._http is not None:
             await self._http.close_all_connections()
         if self.runtime is not None:
-            self.runtime.upstream.close()
-            self.runtime.feeds.close()
+            for pool in self.runtime.pools():
+                pool.close()
         if self._publisher is not None:
             self._publisher.cancel()
 

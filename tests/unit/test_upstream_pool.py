@@ -288,9 +288,10 @@ def test_the_defaults_agree() -> None:
 
 
 def test_clients_get_what_the_descriptor_limit_leaves_after_the_upstream_bound() -> None:
-    # A hard limit of 20,000 with 1,024 upstream and 9 reflector feeds (+1): 18,902, not 9,968.
-    assert descriptor_cap(50_000, 1024 + 10, soft=20_000) == 20_000 - FD_RESERVE - 1034
-    assert descriptor_cap(50_000, 1024 + 10, soft=20_000) == 18_902
+    # A hard limit of 20,000 with the default pools (1,024 forwarded, 6 reflector feeds and a
+    # spare, 64 reviews): 18,841 clients, where half the descriptors allowed 9,968.
+    assert descriptor_cap(50_000, 1024 + 7 + 64, soft=20_000) == 20_000 - FD_RESERVE - 1095
+    assert descriptor_cap(50_000, 1024 + 7 + 64, soft=20_000) == 18_841
     assert descriptor_cap(2048, 1034, soft=20_000) == 2048  # what was asked, when it fits
     assert descriptor_cap(2048, 1034, soft=1024) == 1  # never below one
     assert descriptor_cap(2048, 2, soft=1024) == 1024 - FD_RESERVE - 2
