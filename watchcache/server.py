@@ -26,7 +26,12 @@ from watchcache.http.discovery import discovery_routes
 from watchcache.http.health import BAD_PATH, NOT_FOUND, health_routes
 from watchcache.http.proxy import Forward, PassThrough
 from watchcache.http.read import ResourceEndpoint, resource_routes
-from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
+from watchcache.http.serving import (
+    BoundedHTTPServer,
+    ConnectionStats,
+    descriptor_limit,
+    fit_upstream,
+)
 from watchcache.http.tls import ServingCertificate
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter, render_own
@@ -329,6 +334,15 @@ class Server:
             wait=limits.upstream_connection_wait,
         )
         self.runtime = Runtime(self.settings, upstream, self.middleware, self.features)
+        others = sum(u.max_connections for u in self.runtime.pools() if u is not upstream)
+        upstream.max_connections = fit_upstream(
+            upstream.max_connections, others, descriptor_limit()
+        )
+        if upstream.max_connections < limits.max_upstream_connections:
+            log.warning(
+                "--max-upstream-connections lowered to %d to fit the descriptor limit",
+                upstream.max_connections,
+            )
         if self.worker is not None:
             self._share(self.worker, self.runtime)
         self.runtime.start()
@@ -349,13 +363,15 @@ class Server:
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
         log.info(
-            "watchcache serving on %s://%s:%d (upstream %s, %s, at most %d connections, %s)",
+            "watchcache serving on %s://%s:%d (upstream %s, %s, at most %d connections, "
+            "%d upstream, %s)",
             "https" if tls is not None else "http",
             self.settings.bind,
             self.port,
             creds.server,
             "cache" if self.settings.cache else "pass-through",
             self._http.max_connections,
+            upstream.max_connections,
             security_summary(sec),
         )
 

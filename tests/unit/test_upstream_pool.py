@@ -18,7 +18,7 @@ import pytest
 
 from watchcache.config import ServerLimits
 from watchcache.http.proxy import Forward
-from watchcache.http.serving import FD_RESERVE, descriptor_cap
+from watchcache.http.serving import FD_RESERVE, descriptor_cap, fit_upstream
 from watchcache.kube.status import StatusError
 from watchcache.middleware import Request
 from watchcache.middleware.core import Headers
@@ -295,3 +295,13 @@ def test_clients_get_what_the_descriptor_limit_leaves_after_the_upstream_bound()
     assert descriptor_cap(2048, 1034, soft=20_000) == 2048  # what was asked, when it fits
     assert descriptor_cap(2048, 1034, soft=1024) == 1  # never below one
     assert descriptor_cap(2048, 2, soft=1024) == 1024 - FD_RESERVE - 2
+
+
+def test_the_upstream_bound_is_lowered_only_under_a_small_descriptor_limit() -> None:
+    """At most half of what the reserve and the other pools leave, so that the clients keep
+    the other half: 256 descriptors (tests/hostile) give 60 upstream and 61 clients."""
+    assert fit_upstream(1024, 71, soft=20_000) == 1024
+    assert fit_upstream(1024, 71, soft=None) == 1024  # no limit to fit
+    assert fit_upstream(1024, 71, soft=256) == 60
+    assert descriptor_cap(2048, 60 + 71, soft=256) == 61
+    assert fit_upstream(1024, 71, soft=64) == 1  # never below one

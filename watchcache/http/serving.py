@@ -89,13 +89,22 @@ def descriptor_cap(wanted: int, upstream: int, soft: int | None = None) -> int:
     ``soft``: the descriptor limit to fit (tests); None reads it, first raising the soft
     limit to the hard one, as Go does."""
     if soft is None:
-        soft = _descriptor_limit()
+        soft = descriptor_limit()
         if soft is None:
             return wanted
     return max(1, min(wanted, soft - FD_RESERVE - upstream))
 
 
-def _descriptor_limit() -> int | None:
+def fit_upstream(wanted: int, others: int, soft: int | None) -> int:
+    """The forwarded requests' pool bound, ``wanted``, lowered under a small descriptor
+    limit so that it takes at most half of what FD_RESERVE and the ``others`` pools leave:
+    the clients always keep the other half (at 20,000 descriptors nothing is lowered)."""
+    if soft is None:
+        return wanted
+    return max(1, min(wanted, (soft - FD_RESERVE - others) // 2))
+
+
+def descriptor_limit() -> int | None:
     """The soft RLIMIT_NOFILE, raised to the hard one when allowed; None when unbounded."""
     try:
         import resource
