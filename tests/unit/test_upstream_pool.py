@@ -70,9 +70,9 @@ class Peer:
         finally:
             writer.close()
 
-    def upstream(self, **kwargs: float) -> Upstream:
+    def upstream(self, *, max_connections: int, wait: float) -> Upstream:
         creds = Credentials(f"http://127.0.0.1:{self.port}", None, lambda: None)
-        return Upstream(creds, **kwargs)  # type: ignore[arg-type]
+        return Upstream(creds, max_connections=max_connections, wait=wait)
 
 
 @asynccontextmanager

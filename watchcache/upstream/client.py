@@ -407,7 +407,9 @@ class Upstream:
         A stale kept-alive connection fails before any response byte arrives; such a
         request is sent again once on a fresh connection when its body can be replayed and
         ``replay`` allows it (a create that could make a duplicate must say False: the
-        server may have received it before the connection broke).
+        server may have received it before the connection broke). With every connection
+        of the pool busy past its wait, ``UpstreamBusy`` is raised and nothing is sent.
+        A ``stream`` given by the caller is outside the pool and stays the caller's.
         """
         for attempt in (0, 1):
             own = stream is None
