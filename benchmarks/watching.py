@@ -218,9 +218,11 @@ def scenario_10(bench: Bench) -> None:
     figures for ``max(watchers)``.
 
     A dedicated watchcache with ``--max-connections`` raised for the count. One process can
-    hold at most (descriptor limit - 64) / 2 connections (``http.serving.descriptor_cap``
-    keeps one upstream descriptor per connection), 9,968 here with a hard limit of 20,000:
-    more watchers than ``PER_WORKER`` run on ``--workers 2``.
+    hold at most descriptor limit - 64 - its upstream pools' bound connections
+    (``http.serving.descriptor_cap``: --max-upstream-connections, 1,024, one per reflector
+    feed and a spare, 64 for reviews), about 18,800 here with a hard limit of 20,000
+    (9,968 when it kept one upstream descriptor per connection, which is what
+    ``PER_WORKER`` was chosen for): more watchers than ``PER_WORKER`` run on ``--workers 2``.
     """
     names = _prepare(bench)
     res = bench.results

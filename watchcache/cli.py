@@ -235,6 +235,15 @@ def _limits(parser: argparse.ArgumentParser) -> None:
         "connection waiting longest for its headers is closed, else the newcomer gets 429",
     )
     group.add_argument(
+        "--max-upstream-connections",
+        type=int,
+        default=d.max_upstream_connections,
+        metavar="N",
+        help="connections to kube-apiserver for forwarded requests (cached reads and watches "
+        "use none), so that clients get the descriptors left after them; all busy for "
+        f"{d.upstream_connection_wait:g}s: 429",
+    )
+    group.add_argument(
         "--header-timeout",
         type=float,
         default=d.header_timeout,
@@ -291,6 +300,7 @@ def _limits(parser: argparse.ArgumentParser) -> None:
 def limits_from(args: argparse.Namespace) -> ServerLimits:
     return ServerLimits(
         max_connections=max(args.max_connections, 1),
+        max_upstream_connections=max(args.max_upstream_connections, 1),
         header_timeout=args.header_timeout,
         idle_timeout=args.idle_timeout,
         body_timeout=args.body_timeout,

@@ -71,6 +71,10 @@ class ServerLimits:
 
     # Open client connections; lowered at start to fit the descriptor limit (serving.py).
     max_connections: int = 2048
+    # Open connections to kube-apiserver for forwarded requests (upstream/client.py:
+    # MAX_CONNECTIONS); a request finding all busy waits upstream_connection_wait, then 429.
+    max_upstream_connections: int = 1024
+    upstream_connection_wait: float = 5.0
     # A new connection's time to send its request headers (kube-apiserver: 32 s).
     header_timeout: float = 32.0
     # A kept-alive connection's time to send its next request's headers (kube-apiserver: 90 s).

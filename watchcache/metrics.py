@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from watchcache.cache.resource import CachedResource
     from watchcache.http.serving import ConnectionStats
     from watchcache.kube.resources import ResourceSpec
-    from watchcache.upstream.client import LineSink
+    from watchcache.upstream.client import LineSink, Upstream
 
 
 class Observed(Protocol):
@@ -31,6 +31,9 @@ class Observed(Protocol):
     reflectors: list[Reflector[LineSink]]
     renders: LRUCache[Any, Any]
     connections: ConnectionStats
+    upstream: Upstream  # forwarded requests' connections to the API server
+    feeds: Upstream  # the reflectors' own
+    reviews: Upstream  # TokenReviews' and SubjectAccessReviews'
     # With several workers: this worker's series in, every worker's out (watchcache.workers).
     whole_server: Callable[[bytes], bytes] | None
 
@@ -108,6 +111,24 @@ def render_own(runtime: Observed, requests: RequestCounter) -> bytes:
         "counter",
         "Connections answered 429 because every connection was busy (--max-connections).",
         [("", conns.refused)],
+    )
+    metric(
+        "watchcache_upstream_connections",
+        "gauge",
+        "Open connections to the API server, in use or idle: forwarded requests'"
+        " (--max-upstream-connections), the reflectors' and the reviews' own.",
+        [
+            (_labels(pool="requests"), runtime.upstream.open_connections),
+            (_labels(pool="reflectors"), runtime.feeds.open_connections),
+            (_labels(pool="reviews"), runtime.reviews.open_connections),
+        ],
+    )
+    metric(
+        "watchcache_upstream_connections_refused_total",
+        "counter",
+        "Requests refused (forwarded ones answered 429): no connection to the API server free"
+        " in time (--max-upstream-connections).",
+        [("", runtime.upstream.refused)],
     )
     metric(
         "watchcache_http_accept_pauses_total",

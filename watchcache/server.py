@@ -26,7 +26,12 @@ from watchcache.http.discovery import discovery_routes
 from watchcache.http.health import BAD_PATH, NOT_FOUND, health_routes
 from watchcache.http.proxy import Forward, PassThrough
 from watchcache.http.read import ResourceEndpoint, resource_routes
-from watchcache.http.serving import BoundedHTTPServer, ConnectionStats
+from watchcache.http.serving import (
+    BoundedHTTPServer,
+    ConnectionStats,
+    descriptor_limit,
+    fit_upstream,
+)
 from watchcache.http.tls import ServingCertificate
 from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter, render_own
@@ -38,6 +43,13 @@ from watchcache.upstream.discovery import Discovery
 from watchcache.workers import METRICS_EVERY, WorkerContext
 
 log = logging.getLogger("watchcache")
+
+# Upstream connections of the reflectors' pool beyond one per feed: a feed's next request
+# may start while the connection of its last one is still being let go.
+FEED_SPARE = 1
+# Upstream connections for authentication and authorization reviews; answers are cached, so
+# only a burst of new callers needs many at once, and it waits its turn (then is refused).
+REVIEW_CONNECTIONS = 64
 
 
 class Runtime:
@@ -52,6 +64,13 @@ class Runtime:
     ) -> None:
         self.settings = settings
         self.upstream = upstream
+        # The reflectors' LIST/WATCH feeds have a pool of their own, one connection per feed
+        # (each holds one at a time) and one spare, so that forwarded requests filling
+        # --max-upstream-connections can never keep a cache from following kube-apiserver.
+        self.feeds = Upstream(upstream.credentials, max_connections=1)
+        # TokenReviews and SubjectAccessReviews too: every request, cached reads included,
+        # may need one, so forwarded requests filling their pool must not block them.
+        self.reviews = Upstream(upstream.credentials, max_connections=REVIEW_CONNECTIONS)
         self.retry = settings.retry
         self.requests = RequestCounter()
         self.connections = ConnectionStats()  # replaced by the server's own when it starts
@@ -71,6 +90,7 @@ class Runtime:
         specs += [s for f in self.features for s in f.resources]
         for spec in dict.fromkeys(specs):  # once each, in order
             self._cache(spec)
+        self.feeds.max_connections = len(self.reflectors) + FEED_SPARE
         # What discovery lists: the configured resources and any other served cache (events).
         extra = [s for s in self.cached if s.served and s not in settings.resources]
         self.discovery = Discovery(upstream, [*settings.resources, *extra])
@@ -79,7 +99,7 @@ class Runtime:
         self.security: Security | None = None
         if settings.security.enabled:
             rules = [f.attributes for f in self.features if f.attributes is not None]
-            self.security = build_security(settings.security, upstream, rules)
+            self.security = build_security(settings.security, self.reviews, rules)
             at = 1 if self.features and self.features[0].name == "cors" else 0
             built.insert(at, self.security)
         self.middleware: list[Middleware] = [*built, *middleware]
@@ -108,13 +128,18 @@ class Runtime:
             self.reflectors.append(
                 Reflector(
                     spec,
-                    self.upstream,
+                    self.feeds,
                     store,
                     namespace=ns,
                     silence=self.settings.upstream_watch_silence,
                 )
             )
         return resource
+
+    def pools(self) -> list[Upstream]:
+        """Every pool of upstream connections: forwarded requests', the reflectors', the
+        reviews' (the descriptors they may take are kept from the clients)."""
+        return [self.upstream, self.feeds, self.reviews]
 
     def store(self, spec: ResourceSpec) -> Store:
         """A feature's cached resource (the FeatureContext its middleware is built with)."""
@@ -302,12 +327,26 @@ class Server:
         creds = self._credentials or load_credentials(
             self.settings.kubeconfig, self.settings.context
         )
-        self.runtime = Runtime(self.settings, Upstream(creds), self.middleware, self.features)
+        limits = self.settings.limits
+        upstream = Upstream(
+            creds,
+            max_connections=limits.max_upstream_connections,
+            wait=limits.upstream_connection_wait,
+        )
+        self.runtime = Runtime(self.settings, upstream, self.middleware, self.features)
+        others = sum(u.max_connections for u in self.runtime.pools() if u is not upstream)
+        upstream.max_connections = fit_upstream(
+            upstream.max_connections, others, descriptor_limit()
+        )
+        if upstream.max_connections < limits.max_upstream_connections:
+            log.warning(
+                "--max-upstream-connections lowered to %d to fit the descriptor limit",
+                upstream.max_connections,
+            )
         if self.worker is not None:
             self._share(self.worker, self.runtime)
         self.runtime.start()
         app = make_app(self.runtime)
-        limits = self.settings.limits
         _bound_query_params(limits.max_query_params)
         sec = self.settings.security
         tls = None
@@ -317,19 +356,22 @@ class Server:
             tls = ServingCertificate(
                 sec.tls_cert_file, sec.tls_private_key_file, sec.client_ca_file
             )
-        self._http = BoundedHTTPServer(app, limits, tls)
+        upstream_bound = sum(u.max_connections for u in self.runtime.pools())
+        self._http = BoundedHTTPServer(app, limits, tls, upstream=upstream_bound)
         self.runtime.connections = self._http.stats
         sockets = self._sockets or bind_sockets(self.settings.port, self.settings.bind)
         self.port = sockets[0].getsockname()[1]
         self._http.add_sockets(sockets)
         log.info(
-            "watchcache serving on %s://%s:%d (upstream %s, %s, at most %d connections, %s)",
+            "watchcache serving on %s://%s:%d (upstream %s, %s, at most %d connections, "
+            "%d upstream, %s)",
             "https" if tls is not None else "http",
             self.settings.bind,
             self.port,
             creds.server,
             "cache" if self.settings.cache else "pass-through",
             self._http.max_connections,
+            upstream.max_connections,
             security_summary(sec),
         )
 
@@ -389,7 +431,8 @@ class Server:
         if self._http is not None:
             await self._http.close_all_connections()
         if self.runtime is not None:
-            self.runtime.upstream.close()
+            for pool in self.runtime.pools():
+                pool.close()
         if self._publisher is not None:
             self._publisher.cancel()
 

@@ -43,7 +43,7 @@ def test_upstream_sockets_have_tcp_keepalive() -> None:
         client = upstream(listener.getsockname()[1])
 
         async def options() -> tuple[int, int]:
-            stream = await client._connect()
+            stream, _ = await client._connect()
             sock = stream.socket
             try:
                 keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)

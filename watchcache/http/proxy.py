@@ -9,7 +9,10 @@ byte of it reaches the client. A status line other than a transient failure mean
 server has handled the request: if its answer then breaks off, the request is not sent
 again; a held answer becomes a 502, a relayed one is broken off for the client too, never
 ended as if it were whole. A create that could make a duplicate (only ``generateName``)
-is sent exactly once, not even replayed on a fresh connection.
+is sent exactly once, not even replayed on a fresh connection. A request that finds every
+upstream connection of the bound (``--max-upstream-connections``) in use, and none released
+within the pool's wait, is answered 429 with ``Retry-After: 1``, as kube-apiserver's own
+max-in-flight filter answers, and is not retried.
 
 A successful write to a cached resource is held until the cache has seen it
 (read-your-writes): the client's next read, answered from the cache, shows its write.
@@ -30,9 +33,14 @@ from tornado import httputil, iostream
 from watchcache.auth.impersonation import impersonation_headers
 from watchcache.http.adapter import refuse_method
 from watchcache.kube.gourl import parse_query
-from watchcache.kube.status import StatusError, not_found_path
+from watchcache.kube.status import StatusError, not_found_path, too_many_requests
 from watchcache.middleware.core import Headers, Request, Response, Writer
-from watchcache.upstream.client import Upstream, UpstreamError
+from watchcache.upstream.client import (
+    BUSY_RETRY_AFTER,
+    Upstream,
+    UpstreamBusy,
+    UpstreamError,
+)
 from watchcache.upstream.retry import (
     INSPECT_LIMIT,
     INSPECTED,
@@ -369,6 +377,11 @@ class Forward:
                 if relay.retry_wait is None:
                     failure = UpstreamError(f"no answer within {self.timeout:g}s")
                     relay.retry_wait = decide_after_failure(relay, failure, decide(None, None))
+            except UpstreamBusy as exc:
+                # Our own overload, not kube-apiserver's: refused at once, as its max-in-flight
+                # filter refuses, and never retried here (the wait for a connection was the
+                # retry; another would only hold the client longer and queue more).
+                raise too_many_requests(str(exc), BUSY_RETRY_AFTER) from exc
             except UpstreamError as exc:
                 relay.broke()
                 if relay.retry_wait is None:  # else a retried answer broke off: no matter

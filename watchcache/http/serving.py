@@ -7,7 +7,8 @@ answered with an empty 400 or a closed socket. ``BoundedHTTPServer`` keeps torna
 handling (tornado's own HTTP/1.1 connection, through its public API) and bounds what
 surrounds it:
 
-- at most ``max_connections`` open connections, below the descriptor limit; when full, the
+- at most ``max_connections`` open connections, below what the descriptor limit leaves
+  after the bounded upstream connections (``descriptor_cap``); when full, the
   connection that has waited longest for its request headers is closed to make room (that is
   where slowloris and half-open clients sit), and only when every connection is busy is the
   newcomer refused, with a 429 ``Status``;
@@ -51,7 +52,8 @@ LINGER_SECONDS, LINGER_BYTES = 1.0, 1 << 20  # reading what follows a refused he
 ACCEPTS_PER_WAKEUP = 128
 # What tornado writes, alone, for a request it cannot parse.
 BARE_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
-# Descriptors kept free for the upstream connections, logs and files.
+# Descriptors kept free, beyond the upstream pools' bound, for listening sockets, logs,
+# files and the odd descriptor of a library.
 FD_RESERVE = 64
 OUT_OF_DESCRIPTORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -78,13 +80,36 @@ def headers_too_large(limit: int) -> StatusError:
     )
 
 
-def descriptor_cap(wanted: int) -> int:
-    """``wanted`` connections, or fewer if the descriptor limit cannot hold them and one
-    upstream connection each (the soft limit is raised to the hard one first, as Go does)."""
+def descriptor_cap(wanted: int, upstream: int, soft: int | None = None) -> int:
+    """``wanted`` client connections, or fewer if the descriptor limit cannot hold them
+    beside ``upstream`` connections to the API server (the most its pools may open, see
+    upstream.client.Upstream) and FD_RESERVE more. Only forwarded requests hold an upstream
+    connection and their pools are bounded, so the clients get all the rest, not half.
+
+    ``soft``: the descriptor limit to fit (tests); None reads it, first raising the soft
+    limit to the hard one, as Go does."""
+    if soft is None:
+        soft = descriptor_limit()
+        if soft is None:
+            return wanted
+    return max(1, min(wanted, soft - FD_RESERVE - upstream))
+
+
+def fit_upstream(wanted: int, others: int, soft: int | None) -> int:
+    """The forwarded requests' pool bound, ``wanted``, lowered under a small descriptor
+    limit so that it takes at most half of what FD_RESERVE and the ``others`` pools leave:
+    the clients always keep the other half (at 20,000 descriptors nothing is lowered)."""
+    if soft is None:
+        return wanted
+    return max(1, min(wanted, (soft - FD_RESERVE - others) // 2))
+
+
+def descriptor_limit() -> int | None:
+    """The soft RLIMIT_NOFILE, raised to the hard one when allowed; None when unbounded."""
     try:
         import resource
     except ImportError:  # not a POSIX system
-        return wanted
+        return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         try:
@@ -92,9 +117,7 @@ def descriptor_cap(wanted: int) -> int:
             soft = hard
         except (ValueError, OSError):
             pass
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, (soft - FD_RESERVE) // 2))
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 @dataclass
@@ -235,7 +258,11 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
         app: httputil.HTTPServerConnectionDelegate,
         limits: ServerLimits,
         tls: ServingCertificate | None = None,
+        *,
+        upstream: int | None = None,
     ) -> None:
+        """``upstream``: the most connections to the API server this process may open (its
+        pools' bounds together); None, ``limits.max_upstream_connections``."""
         self.app = app
         self.limits = limits
         self.tls = tls  # HTTPS only when set; plain HTTP to it gets kube's 400
@@ -245,7 +272,9 @@ class BoundedHTTPServer(httputil.HTTPServerConnectionDelegate):
             header_timeout=limits.idle_timeout,
             body_timeout=limits.body_timeout,
         )
-        self.max_connections = descriptor_cap(limits.max_connections)
+        if upstream is None:
+            upstream = limits.max_upstream_connections
+        self.max_connections = descriptor_cap(limits.max_connections, upstream)
         self.stats = ConnectionStats()
         self.draining = False
         self.stopped = False

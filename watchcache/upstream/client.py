@@ -11,10 +11,12 @@ kubeconfig exec plugins, token files and in-cluster service accounts all work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, cast
@@ -43,6 +45,20 @@ KEEPALIVE_COUNT = 3
 # handshake takes milliseconds.
 CONNECT_TIMEOUT = 10.0
 
+# Open connections (in use and idle together) of one pool. Every one is a descriptor, and
+# the client-connection limit is what the descriptor limit leaves after them (serving.py's
+# descriptor_cap); only forwarded requests (writes, uncached reads, delegated watches) hold
+# one, so a thousand in flight at once is far past what a dashboard deployment sends, and it
+# costs the client side 1,024 of its ~20,000 descriptors rather than half of them.
+MAX_CONNECTIONS = 1024
+# How long a request waits for a connection to be released once the bound is reached,
+# before it is refused (429). A forwarded read or write takes milliseconds; waiting longer
+# would only hold the client's own connection and build a queue kube-apiserver cannot serve.
+CONNECTION_WAIT = 5.0
+# What the refusal says, and when to come back (kube-apiserver's max-in-flight filter: 1 s).
+BUSY_MESSAGE = "too many requests in flight to the Kubernetes API server"
+BUSY_RETRY_AFTER = 1
+
 
 def enable_keepalive(sock: socket.socket) -> None:
     """Turns TCP keepalive on, with Linux's per-socket timings where it has them."""
@@ -65,6 +81,11 @@ Headers = Mapping[str, str] | Sequence[tuple[str, str]]
 
 class UpstreamError(SourceError):
     """The API server could not be reached, or the connection broke mid-response."""
+
+
+class UpstreamBusy(UpstreamError):
+    """Every connection the pool may open is in use and none was released in time: the
+    request was never sent. Forwarding answers it 429 (http/proxy.py)."""
 
 
 class ResponseSink(Protocol):
@@ -190,12 +211,22 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
 
 
 class Upstream:
-    """A pool of keep-alive HTTP/1.1 connections to one API server."""
+    """A pool of keep-alive HTTP/1.1 connections to one API server, at most
+    ``max_connections`` open at once (in use and idle together).
+
+    A request takes an idle connection if there is one, else opens one while under the
+    bound, else waits up to ``wait`` seconds for one to be released; waiters are served in
+    arrival order, and a connection released while someone waits goes straight to the
+    first of them. One that waits in vain gets ``UpstreamBusy`` without anything being
+    sent. A long-running request (a watch) holds its connection for as long as it runs.
+    """
 
     def __init__(
         self,
         credentials: Credentials,
         *,
+        max_connections: int = MAX_CONNECTIONS,
+        wait: float = CONNECTION_WAIT,
         max_idle: int = 64,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
@@ -207,17 +238,117 @@ class Upstream:
         self.base_path = url.path.rstrip("/")
         self.netloc = url.netloc
         self._tcp = TCPClient()
+        self.max_connections = max(1, max_connections)
+        self.wait = max(0.0, wait)
         self._idle: list[iostream.IOStream] = []
         self._max_idle = max_idle
+        self._in_use = 0  # connections handed to a request (or being opened for one)
+        # Requests waiting for a connection, first come first served: each future gets a
+        # kept-alive stream, or None for the right to open a new one.
+        self._waiters: deque[asyncio.Future[iostream.IOStream | None]] = deque()
+        self.refused = 0  # requests failed with UpstreamBusy (/metrics)
         self._params = HTTP1ConnectionParameters(
             no_keep_alive=False, decompress=False, max_body_size=1 << 40, chunk_size=65536
         )
 
-    async def _connect(self) -> iostream.IOStream:
-        while self._idle:
-            stream = self._idle.pop()
-            if not stream.closed():
-                return stream
+    @property
+    def open_connections(self) -> int:
+        """Connections open now, in use or idle (/metrics)."""
+        return self._in_use + sum(1 for stream in self._idle if not stream.closed())
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for fut in self._waiters if not fut.done())
+
+    async def _acquire(self) -> iostream.IOStream | None:
+        """A kept-alive stream, or None for a slot to open a new one; counted in use."""
+        # Idle connections the server closed meanwhile hold no descriptor: drop them first.
+        self._idle = [stream for stream in self._idle if not stream.closed()]
+        if self._idle:
+            self._in_use += 1
+            return self._idle.pop()
+        if self._in_use < self.max_connections:
+            self._in_use += 1
+            return None
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[iostream.IOStream | None] = loop.create_future()
+        self._waiters.append(fut)
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(UpstreamBusy(BUSY_MESSAGE))
+
+        timer = loop.call_later(self.wait, expire)
+        try:
+            return await fut
+        except UpstreamBusy:
+            self.refused += 1
+            log.warning(
+                "%s: no connection released within %gs (%d open, the bound)",
+                BUSY_MESSAGE,
+                self.wait,
+                self.max_connections,
+            )
+            raise
+        except asyncio.CancelledError:
+            # The request was stopped while waiting; a slot granted meanwhile goes on.
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                granted = fut.result()
+                if granted is None:
+                    self._free()
+                else:
+                    self._give_back(granted, keep=True)
+            raise
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    def _next_waiter(self) -> asyncio.Future[iostream.IOStream | None] | None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                return fut
+        return None
+
+    def _free(self) -> None:
+        """A connection in use is gone (closed): its slot passes to the first waiter."""
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(None)  # the slot stays counted, now the waiter's
+        else:
+            self._in_use -= 1
+
+    def _give_back(self, stream: iostream.IOStream, *, keep: bool) -> None:
+        """The end of a request's use of ``stream``: to the first waiter, to the idle
+        list, or closed."""
+        if not keep or stream.closed():
+            stream.close()
+            self._free()
+            return
+        waiter = self._next_waiter()
+        if waiter is not None:
+            waiter.set_result(stream)
+        elif len(self._idle) < self._max_idle:
+            self._in_use -= 1
+            self._idle.append(stream)
+        else:
+            stream.close()
+            self._in_use -= 1
+
+    async def _connect(self) -> tuple[iostream.IOStream, bool]:
+        """A connection for one request, counted in use, and whether it was kept alive
+        from an earlier request (a stale one may fail before answering)."""
+        reused = await self._acquire()
+        if reused is not None:
+            return reused, True
+        try:
+            return await self._open(), False
+        except BaseException:
+            self._free()
+            raise
+
+    async def _open(self) -> iostream.IOStream:
         try:
             # Not connect's own timeout: on expiry tornado logs the handshake's later failure
             # with a traceback; cancelling the connect closes the half-made stream quietly.
@@ -240,12 +371,6 @@ class Upstream:
         if stream.socket is not None:
             enable_keepalive(stream.socket)
         return stream
-
-    def _release(self, stream: iostream.IOStream) -> None:
-        if stream.closed() or len(self._idle) >= self._max_idle:
-            stream.close()
-        else:
-            self._idle.append(stream)
 
     def close(self) -> None:
         for stream in self._idle:
@@ -282,34 +407,37 @@ class Upstream:
         A stale kept-alive connection fails before any response byte arrives; such a
         request is sent again once on a fresh connection when its body can be replayed and
         ``replay`` allows it (a create that could make a duplicate must say False: the
-        server may have received it before the connection broke).
+        server may have received it before the connection broke). With every connection
+        of the pool busy past its wait, ``UpstreamBusy`` is raised and nothing is sent.
+        A ``stream`` given by the caller is outside the pool and stays the caller's.
         """
         for attempt in (0, 1):
-            reused = bool(self._idle) and stream is None
-            conn_stream = stream or await self._connect()
+            own = stream is None
+            if stream is None:
+                conn_stream, reused = await self._connect()
+            else:
+                conn_stream, reused = stream, False
             delegate = _Delegate(sink)
+            keep = False
             try:
                 await self._exchange(conn_stream, method, target, headers, body, delegate)
+                keep = delegate.finished and delegate.keep_alive
             except (iostream.StreamClosedError, OSError, ssl.SSLError) as exc:
-                conn_stream.close()
                 replayable = replay and not isinstance(body, AsyncIterator)
                 if attempt == 0 and reused and not delegate.started and replayable:
                     continue
                 raise UpstreamError(
                     f"connection to the Kubernetes API server failed: {exc}"
                 ) from exc
-            except BaseException:
-                # The sink gave up (a cancelled proxy, a reflector's Gone): the connection is
-                # mid-response and cannot be reused.
-                conn_stream.close()
-                raise
+            finally:
+                # A sink that gave up (a cancelled proxy, a reflector's Gone) leaves the
+                # connection mid-response: closed, never reused.
+                if own:
+                    self._give_back(conn_stream, keep=keep)
+                elif not keep:
+                    conn_stream.close()
             if not delegate.finished:
-                conn_stream.close()
                 raise UpstreamError("the Kubernetes API server closed the connection mid-response")
-            if delegate.keep_alive:
-                self._release(conn_stream)
-            else:
-                conn_stream.close()
             return
 
     async def _exchange(

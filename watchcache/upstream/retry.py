@@ -10,6 +10,13 @@ version" is kube-apiserver saying it has already waited (3 s) for a version it h
 reached: sending it again only makes the client wait three times longer for the same answer.
 And nothing is sent again once the request's own deadline (its ``timeout`` parameter) has
 passed, or would pass during the wait: the client has stopped waiting for it.
+
+A 429 of watchcache's own (no upstream connection free within the pool's wait, see
+``client.Upstream``) never comes here: it is not an answer of the API server, so it is
+passed to the client at once, with ``Retry-After: 1``. Retrying it would hold the client
+another wait per attempt while adding to the very queue that caused it; the client, which
+may give up, decides. A 429 from kube-apiserver is retried as above, each attempt waiting
+its turn for a connection like any other request, so retries cannot open more than the bound.
 """
 
 from __future__ import annotations
