@@ -85,7 +85,10 @@ def load_case(
         res.notes.append(
             f"Scenario {scenario} ({case}): " + "; ".join(f"{n}: {c}" for n, c in checks.items())
         )
-    vals = lambda attr: {n: getattr(r, attr) for n, r in out.items()}  # noqa: E731
+
+    def vals(attr: str) -> dict[str, float]:
+        return {n: getattr(r, attr) for n, r in out.items()}
+
     noisy = max(r.other_cores for r in out.values()) > NOISY_CORES
     for metric, better, attr, unit in (
         ("req/s", "higher", "rps", ""),

@@ -10,18 +10,12 @@ steady-state runs (none is the goal: both answers come from their caches once wa
 
 from __future__ import annotations
 
+from typing import Any
+
 from benchmarks.context import Bench
 from benchmarks.procs import Target, pinned, split_cores, start_watchcache, stop
 from benchmarks.reads import API, log
-from benchmarks.wrk import LoadResult, run_wrk
-
-ROUNDS = 3  # alternated runs per target and case
-
-
-def median_run(runs: list[LoadResult]) -> LoadResult:
-    """The run of median req/s."""
-    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
-
+from benchmarks.wrk import ROUNDS, LoadResult, median_run, run_wrk
 
 REVIEWS = (
     "watchcache_authentication_upstream_reviews_total",
@@ -64,7 +58,7 @@ def scenario_9(bench: Bench) -> None:
             ),
             ("get one RayCluster, c=16", f"{API}/namespaces/{bench.ns}/rayclusters/{name}"),
         ]
-        raw: dict[str, dict[str, float]] = {}
+        raw: dict[str, dict[str, Any]] = {}
         for case, path in cases:
             for target in (plain, secured):  # warm: the token's review, the decision
                 code, _, body = target.get(path)

@@ -53,6 +53,14 @@ class LoadResult:
         return asdict(self)
 
 
+ROUNDS = 3  # alternated runs per case where a ratio of two runs is the figure
+
+
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run of median req/s."""
+    return sorted(runs, key=lambda r: r.rps)[len(runs) // 2]
+
+
 def _lua(headers: dict[str, str], paths: list[str]) -> str:
     lines = [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items()]
     if len(paths) > 1:

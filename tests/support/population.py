@@ -290,7 +290,8 @@ def create(request_fn: RequestFn, obj: Mapping[str, Any]) -> dict[str, Any]:
     code, data = request_fn("PUT", object_path(obj) + "/status", stored)
     if code != 200:
         raise RuntimeError(f"writing {object_path(obj)}/status: HTTP {code}: {data[:500]!r}")
-    return json.loads(data)
+    written: dict[str, Any] = json.loads(data)
+    return written
 
 
 def populate(
