@@ -176,6 +176,7 @@ def ceiling_run(
     module: str = "benchmarks.ceiling",
     *args: str,
     cores: tuple[set[int], set[int]] | None = None,
+    seconds: float | None = None,
 ) -> LoadResult:
     """wrk against a fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling);
     ``cores``: the server's and wrk's, as ``split_cores`` gives them."""
@@ -197,7 +198,7 @@ def ceiling_run(
                 target,
                 [path],
                 connections=connections,
-                seconds=bench.sizes.seconds,
+                seconds=seconds or bench.sizes.seconds,
                 quiet=[*bench.server_pids, proc.pid],
                 cpus=cores and cores[1],
             )
