@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import pytest
 from support import population
 from support.controlplane import ControlPlane
+from support.metrics import metric
 
 from watchcache.config import ServerLimits
 
@@ -155,13 +156,6 @@ def half_open(proxy: Proxy, count: int, partial: bytes = b"") -> Iterator[list[s
     finally:
         for sock in socks:
             sock.close()
-
-
-def metric(proxy: Proxy, name: str) -> float:
-    _, _, text = proxy.request("GET", "/metrics")
-    match = re.search(rf"^{name} (\S+)$", text.decode(), re.M)
-    assert match, name
-    return float(match.group(1))
 
 
 # ---- fixtures ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ watches end, a forwarded write goes through again.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +20,8 @@ import pytest
 from differential import wait_until
 from support import population
 from support.controlplane import ControlPlane
+from support.metrics import metric
+from support.statuses import UPSTREAM_BUSY
 from watchclient import WatchStream
 
 if TYPE_CHECKING:
@@ -49,14 +50,6 @@ def cluster(samples: Path, name: str) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "status"}
 
 
-def metric(proxy: Proxy, name: str) -> float:
-    code, _, body = proxy.request("GET", "/metrics")
-    assert code == 200
-    found = re.search(rf"^{re.escape(name)} (\S+)$", body.decode(), re.MULTILINE)
-    assert found, f"{name} not in /metrics"
-    return float(found.group(1))
-
-
 def cached_get(proxy: Proxy, name: str) -> dict[str, Any] | None:
     code, _, body = proxy.request("GET", f"{RAYCLUSTERS}/{name}")
     return json.loads(body) if code == 200 else None
@@ -82,23 +75,14 @@ def test_a_full_upstream_pool_answers_429_and_the_cache_keeps_serving(
         for w in held:
             first = w.next(30)
             assert first is not None and first["object"]["kind"] == "Table"
-        assert metric(bounded, 'watchcache_upstream_connections{pool="requests"}') == 2
+        assert metric(bounded, "watchcache_upstream_connections", pool="requests") == 2
 
         body = json.dumps(cluster(samples, "refused")).encode()
         code, headers, answer = bounded.request("POST", RAYCLUSTERS, body, JSON)
         assert code == 429, answer
         assert headers.get("Retry-After") == "1"
         assert headers.get("Content-Type") == "application/json"
-        assert json.loads(answer) == {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": "too many requests in flight to the Kubernetes API server",
-            "reason": "TooManyRequests",
-            "details": {"retryAfterSeconds": 1},
-            "code": 429,
-        }
+        assert json.loads(answer) == UPSTREAM_BUSY
         assert controlplane.request("GET", f"{RAYCLUSTERS}/refused")[0] == 404  # never sent
         assert metric(bounded, "watchcache_upstream_connections_refused_total") >= 1
 

@@ -21,6 +21,7 @@ from differential import kube, proxy, wait_for_same_state, wait_until
 from faultproxy import FaultProxy, behind, serving_context
 from support import population
 from support.controlplane import ControlPlane
+from support.metrics import sample
 
 if TYPE_CHECKING:
     from conftest import Proxy
@@ -96,11 +97,8 @@ def label(value: str) -> bytes:
 
 
 def metric(p: Proxy, name: str, **labels: str) -> float:
-    """One sample of /metrics, by name and labels (0 when absent)."""
-    text = p.request("GET", "/metrics")[2].decode()
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    found = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    """One sample of /metrics, by name and labels (0 when absent: a feed not yet counted)."""
+    return sample(p, name, **labels) or 0.0
 
 
 def ready(p: Proxy) -> tuple[int, bytes]:
