@@ -12,7 +12,7 @@ watches end, a forwarded write goes through again.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ import pytest
 from differential import wait_until
 from support import population
 from support.controlplane import ControlPlane
+from support.fixtures import module_namespace
 from support.metrics import metric
 from support.statuses import UPSTREAM_BUSY
 from watchclient import WatchStream
@@ -33,11 +34,7 @@ TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io"
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def namespace(controlplane: ControlPlane) -> Iterator[str]:
-    population.ensure_namespaces(controlplane.request, [NS])
-    yield NS
-    population.delete_all(controlplane.request, [NS])
+namespace = module_namespace(NS)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from differential import kube, proxy, wait_for_same_state, wait_until
 from faultproxy import FaultProxy, behind, serving_context
 from support import population
 from support.controlplane import ControlPlane
+from support.fixtures import module_namespace
 from support.metrics import sample
 
 if TYPE_CHECKING:
@@ -40,11 +41,7 @@ def _fault_proxy(cp: ControlPlane) -> Iterator[FaultProxy]:
     fp.stop()
 
 
-@pytest.fixture(scope="module")
-def namespace(controlplane: ControlPlane) -> Iterator[str]:
-    population.ensure_namespaces(controlplane.request, [NS])
-    yield NS
-    population.delete_all(controlplane.request, [NS])
+namespace = module_namespace(NS)
 
 
 @pytest.fixture(scope="module")
