@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from urllib.parse import quote
 
 from benchmarks.context import TARGETS, Bench
 from benchmarks.fill import SHARD_LABEL
-from benchmarks.procs import Target, pinned
+from benchmarks.procs import Target
 from benchmarks.wrk import LoadResult, run_wrk
 from tests.support.controlplane import free_port
 
@@ -168,21 +170,15 @@ def scenario_4(bench: Bench) -> None:
     )
 
 
-def ceiling_run(
-    bench: Bench,
-    body: bytes,
-    path: str,
-    connections: int,
-    module: str = "benchmarks.ceiling",
-    *args: str,
-    cores: tuple[set[int], set[int]] | None = None,
-    seconds: float | None = None,
-) -> LoadResult:
-    """wrk against a fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling);
-    ``cores``: the server's and wrk's, as ``split_cores`` gives them."""
-    body_file = bench.workdir / "ceiling-body.json"
-    body_file.write_bytes(body)
+@contextlib.contextmanager
+def ceiling_server(
+    bench: Bench, body: bytes, module: str = "benchmarks.ceiling", *args: str
+) -> Iterator[Target]:
+    """A fixed-body server (``module``: benchmarks.ceiling or tornado_ceiling) answering
+    every GET with ``body``, for the block."""
     port = free_port()
+    body_file = bench.workdir / f"ceiling-body-{port}.json"
+    body_file.write_bytes(body)
     proc = subprocess.Popen(
         [sys.executable, "-m", module, "--port", str(port), "--body", str(body_file), *args],
         stdout=subprocess.PIPE,
@@ -192,19 +188,22 @@ def ceiling_run(
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError("the ceiling server did not start")
-        target = Target("ceiling", f"http://127.0.0.1:{port}", {}, [proc.pid], [])
-        with pinned([proc.pid], cores and cores[0]):
-            return run_wrk(
-                target,
-                [path],
-                connections=connections,
-                seconds=seconds or bench.sizes.seconds,
-                quiet=[*bench.server_pids, proc.pid],
-                cpus=cores and cores[1],
-            )
+        yield Target("ceiling", f"http://127.0.0.1:{port}", {}, [proc.pid], [])
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def ceiling_run(bench: Bench, body: bytes, path: str, connections: int) -> LoadResult:
+    """wrk against a fresh benchmarks.ceiling server answering with ``body``."""
+    with ceiling_server(bench, body) as target:
+        return run_wrk(
+            target,
+            [path],
+            connections=connections,
+            seconds=bench.sizes.seconds,
+            quiet=[*bench.server_pids, *target.own_pids],
+        )
 
 
 def scenario_8(bench: Bench) -> None:

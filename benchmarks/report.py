@@ -130,7 +130,8 @@ def markdown(meta: dict[str, Any], results: Results) -> str:
             "",
             "## Small-answer ceiling (scenario 12): a bare Tornado server, same bytes",
             "",
-            "| case | Tornado req/s | Tornado p99 | cached req/s | cached/Tornado |",
+            "| case | Tornado req/s per core | Tornado p99 (sharing a core) |"
+            " cached req/s per core | cached/Tornado |",
             "|---|---:|---:|---:|---:|",
         ]
         out += [

@@ -6,13 +6,11 @@ server's, on the same reads, and
 ``/metrics`` shows how many TokenReviews and SubjectAccessReviews went upstream during the
 steady-state runs (none is the goal: both answers come from their caches once warm).
 
-How the two are compared: one short run of each server after the other, many times, the
-order reversed every time (plain then secured, secured then plain, ...), both servers pinned
-to one core and wrk to the other; the figure is the median of the pairs' ratios. On this
-machine one server's CPU per request moves by ±15 % from one run to the next (194-272 µs a
-get, the same server, two seconds apart), more than the 10 % the goal allows: ratios of
-neighbouring runs cancel the slow part of that, the reversed order a drift, and the median
-of many the rest.
+How the two are compared: both servers pinned to one core, loaded at the same time by two
+wrk on the other core, for several passes; each pass gives the ratio of their requests per
+CPU second, and the figure is the median (``wrk.side_by_side``). Their requests per second
+are reported per core (requests over the server's own CPU seconds): sharing a core, each
+answers about half of what it would alone.
 """
 
 from __future__ import annotations
@@ -23,10 +21,15 @@ from typing import Any
 from benchmarks.context import Bench
 from benchmarks.procs import Target, pinned, split_cores, start_watchcache, stop
 from benchmarks.reads import API, log
-from benchmarks.wrk import LoadResult, median_run, run_wrk
-
-PAIRS = 12  # pairs of neighbouring runs per case (3 with --quick)
-PAIR_SECONDS = 2.0  # one run of a pair: short, so that its neighbour sees the same machine
+from benchmarks.wrk import (
+    PASS_SECONDS,
+    PASSES,
+    Job,
+    median_ratio,
+    median_run,
+    per_core,
+    side_by_side,
+)
 
 REVIEWS = (
     "watchcache_authentication_upstream_reviews_total",
@@ -79,49 +82,44 @@ def scenario_9(bench: Bench) -> None:
                 code, _, body = target.get(path)
                 assert code == 200, (target.name, code, body[:300])
             before = upstream_reviews(secured)
-            # Both servers on one core and wrk on the other: neither ever shares its core
-            # with the load, which moves a ratio more than the middleware does.
+            # Both servers share one core, wrk runs on the other: each pass measures them at
+            # the same moment, which runs one after the other did not (see side_by_side).
             # The secured server starts fresh here, the plain one has served every scenario
-            # before: a discarded run of each first, since a new process costs more per
-            # request for its first seconds (330 -> 280 µs of CPU a get here, over three
-            # runs), which would count against authentication.
-            pairs = 3 if bench.quick else PAIRS
-            seconds = min(PAIR_SECONDS, bench.sizes.seconds / 2)
-            done: dict[str, list[LoadResult]] = {plain.name: [], secured.name: []}
+            # before: the first pass is not kept, since a new process costs more per request
+            # for its first seconds (330 -> 280 µs of CPU a get here, over three runs),
+            # which would count against authentication.
             cores = split_cores()
             with pinned(plain.own_pids + secured.own_pids, cores and cores[0]):
-                for n in range(-1, pairs):  # pair -1 warms both up and is not kept
-                    for target in (plain, secured) if n % 2 == 0 else (secured, plain):
-                        run = run_wrk(
-                            target,
-                            [path],
-                            connections=16,
-                            seconds=seconds,
-                            quiet=bench.server_pids + secured.own_pids,
-                            cpus=cores and cores[1],
-                        )
-                        if n >= 0:
-                            done[target.name].append(run)
-            ratios = [
-                mine.rps / base.rps
-                for base, mine in zip(done[plain.name], done[secured.name], strict=True)
-            ]
-            share = statistics.median(ratios)
+                done = side_by_side(
+                    [Job(t.name, t, path) for t in (plain, secured)],
+                    passes=3 if bench.quick else PASSES,
+                    seconds=min(PASS_SECONDS, bench.sizes.seconds),
+                    quiet=bench.server_pids + secured.own_pids,
+                    cpus=cores and cores[1],
+                )
+            share = median_ratio(done[secured.name], done[plain.name])
             runs = {name: median_run(rs) for name, rs in done.items()}
+            plain_rps = statistics.median(map(per_core, done[plain.name]))
+            secured_rps = statistics.median(map(per_core, done[secured.name]))
             calls = upstream_reviews(secured) - before
-            plain_rps, secured_rps = runs["cached"].rps, runs["secured"].rps
             log(
-                f"9 {case}: {plain_rps:.1f} req/s plain, {secured_rps:.1f} secured"
+                f"9 {case}: {plain_rps:.1f} req/s per core plain, {secured_rps:.1f} secured"
                 f" ({share:.2f}), {calls:g} upstream reviews"
             )
-            res.add("9", f"{case}, no authentication", "req/s", "higher", {"cached": plain_rps}, "")
             res.add(
-                "9", f"{case}, authn + authz (warm)", "req/s", "higher", {"cached": secured_rps}, ""
+                "9", f"{case}, no authentication", "req/s per core", "higher", {"cached": plain_rps}
             )
             res.add(
                 "9",
                 f"{case}, authn + authz (warm)",
-                "p99",
+                "req/s per core",
+                "higher",
+                {"cached": secured_rps},
+            )
+            res.add(
+                "9",
+                f"{case}, authn + authz (warm)",
+                "p99 (sharing a core)",
                 "lower",
                 {"cached": runs["secured"].p99_ms},
                 "ms",
@@ -138,17 +136,21 @@ def scenario_9(bench: Bench) -> None:
             raw[case] = {
                 "plain_rps": plain_rps,
                 "secured_rps": secured_rps,
-                "runs": {n: [r.rps for r in rs] for n, rs in done.items()},
-                "pair_ratios": ratios,
+                "pass_per_core": {n: [per_core(r) for r in rs] for n, rs in done.items()},
+                "pass_ratios": [
+                    per_core(a) / per_core(b)
+                    for a, b in zip(done["secured"], done["cached"], strict=True)
+                ],
+                "pass_rps": {n: [r.rps for r in rs] for n, rs in done.items()},
                 "share": share,
                 "upstream_reviews": calls,
             }
         res.raw["secured"] = raw
         res.notes.append(
-            f"Scenario 9: both servers run on one core and wrk on the other; after a discarded"
-            f" warm-up pair, {PAIRS} pairs of neighbouring {PAIR_SECONDS:g} s runs in reversed"
-            " order each time; the ratio is the median of the pairs' ratios, the req/s the"
-            " median run of each server."
+            f"Scenario 9: both servers share one core, loaded at once by two wrk on the other;"
+            f" after a warm-up pass, {PASSES} passes of {PASS_SECONDS:g} s; the ratio is the"
+            " median of the passes' ratios of requests per CPU second, and req/s per core is"
+            " each server's median of those."
         )
     finally:
         stop(secured)
