@@ -39,11 +39,6 @@ def _get_path(bench: Bench) -> tuple[str, str]:
     return f"{base}/{name}", f"{base}?fieldSelector=metadata.name%3D{name}"
 
 
-def share(a: float, b: float) -> float:
-    """a / b, NaN when b is 0 or not a number (a run with no request)."""
-    return a / b if b and b == b else float("nan")
-
-
 def scenario_11(bench: Bench) -> None:
     """``--workers 1`` against ``--workers 2`` on a get of one RayCluster."""
     res = bench.results

@@ -90,8 +90,8 @@ def side_by_side(
 ) -> dict[str, list[LoadResult]]:
     """Every job's wrk at once, ``passes`` times, after a first pass that is not kept (it
     warms every server up). Meant for servers pinned to one core together (``pinned``), wrk
-    on another: they share the core, so each is measured on the same machine at the same
-    moment.
+    on another, each job on a server of its own (a server's CPU is counted whole for its
+    job): they share the core, so each is measured on the same machine at the same moment.
 
     That is what makes a ratio of two servers worth reading here: one server's CPU per
     request moves by ±15 % from one run to the next (194-272 µs a get, the same server, two
