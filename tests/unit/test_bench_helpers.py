@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.fanout import Dechunker, merge, split
-from benchmarks.small import share
+from benchmarks.wrk import LoadResult, median_ratio, per_core
 
 
 def chunked(*payloads: bytes) -> bytes:
@@ -53,7 +53,33 @@ def test_merge_takes_percentiles_over_every_delivery() -> None:
     assert math.isnan(merge([a], [[]])["p99_ms"])
 
 
-def test_share_of_nothing_is_nan() -> None:
-    assert share(1.0, 2.0) == 0.5
-    assert math.isnan(share(1.0, 0.0))
-    assert math.isnan(share(1.0, float("nan")))
+def load(requests: int, own_cpu_s: float, api_cpu_s: float = 0.0) -> LoadResult:
+    per_1k = 1000.0 / requests
+    return LoadResult(
+        requests=requests,
+        seconds=4.0,
+        rps=requests / 4.0,
+        p50_ms=1.0,
+        p99_ms=2.0,
+        max_ms=3.0,
+        errors=0,
+        mb_per_s=1.0,
+        server_cpu_per_1k=(own_cpu_s + api_cpu_s) * per_1k,
+        api_cpu_per_1k=api_cpu_s * per_1k,
+        other_cores=0.0,
+    )
+
+
+def test_per_core_counts_the_servers_own_cpu_not_the_api_servers() -> None:
+    assert math.isclose(per_core(load(3000, own_cpu_s=1.5, api_cpu_s=0.5)), 2000.0)
+    assert math.isnan(per_core(load(3000, own_cpu_s=0.0)))
+
+
+def test_median_ratio_compares_runs_of_the_same_pass() -> None:
+    # Pass by pass, a answers 0.9, 0.95 and 1.2 times b's requests per CPU second, while the
+    # machine's speed moves both; the ratio of their medians would say 1.2.
+    a = [load(900, 1.0), load(1900, 1.0), load(1200, 1.0)]
+    b = [load(1000, 1.0), load(2000, 1.0), load(1000, 1.0)]
+    assert math.isclose(median_ratio(a, b), 0.95)
+    a[1] = load(1900, 2.0)  # the same requests on twice the CPU: half as many per core
+    assert math.isclose(median_ratio(a, b), 0.9)
