@@ -44,6 +44,12 @@ class Peer:
         self.arrived: dict[str, asyncio.Event] = {}
         self.server: asyncio.Server | None = None
         self.port = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    def hang_up(self) -> None:
+        """Closes every connection, as a server's idle timeout does: no answer, a FIN."""
+        for writer in self.writers:
+            writer.close()
 
     def hold(self, name: str) -> asyncio.Event:
         return self.arrived.setdefault(name, asyncio.Event())
@@ -53,6 +59,7 @@ class Peer:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.writers.append(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -227,6 +234,29 @@ def test_an_idle_connection_the_server_closed_is_let_go_and_its_slot_reused() ->
             assert (await client.fetch("GET", "/again")).body == b"/again"
             assert p.accepted == 2 and client.refused == 0
             assert client.open_connections == 1
+
+    asyncio.run(run())
+
+
+def test_idle_connections_the_server_hung_up_on_are_not_used_however_many() -> None:
+    """Two connections left idle, then both closed by the server (kube-apiserver's idle
+    timeout): the next request opens a fresh one instead of failing on the second stale one
+    after the first (kubectl's discovery got a 503 so after two idle minutes)."""
+
+    async def run() -> None:
+        async with peer() as p:
+            client = p.upstream(max_connections=4, wait=1.0)
+            held = [get(client, "/hold/a"), get(client, "/hold/b")]
+            await p.hold("a").wait()
+            await p.hold("b").wait()
+            p.release("a")
+            p.release("b")
+            await asyncio.gather(*held)
+            assert p.accepted == 2 and client.open_connections == 2
+            p.hang_up()
+            await asyncio.sleep(0.05)  # the FINs arrive
+            assert (await client.fetch("GET", "/after")).body == b"/after"
+            assert p.accepted == 3 and client.open_connections == 1
 
     asyncio.run(run())
 

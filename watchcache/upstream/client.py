@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import socket
 import ssl
 import time
@@ -58,6 +59,21 @@ CONNECTION_WAIT = 5.0
 # What the refusal says, and when to come back (kube-apiserver's max-in-flight filter: 1 s).
 BUSY_MESSAGE = "too many requests in flight to the Kubernetes API server"
 BUSY_RETRY_AFTER = 1
+
+
+def hung_up(stream: iostream.IOStream) -> bool:
+    """Whether an idle kept-alive connection is gone: closed as tornado knows it, or readable
+    while no request is out, which is the server's FIN or TLS close alert (nothing else may
+    arrive on an idle HTTP/1.1 connection). tornado reads an idle stream for nothing, so
+    it notices neither by itself."""
+    if stream.closed() or stream.socket is None:
+        return True
+    poller = select.poll()
+    poller.register(stream.socket.fileno(), select.POLLIN)
+    try:
+        return bool(poller.poll(0))
+    except OSError:
+        return True
 
 
 def enable_keepalive(sock: socket.socket) -> None:
@@ -262,8 +278,14 @@ class Upstream:
 
     async def _acquire(self) -> iostream.IOStream | None:
         """A kept-alive stream, or None for a slot to open a new one; counted in use."""
-        # Idle connections the server closed meanwhile hold no descriptor: drop them first.
-        self._idle = [stream for stream in self._idle if not stream.closed()]
+        # Idle connections the server closed meanwhile are let go first (see ``hung_up``).
+        kept = []
+        for stream in self._idle:
+            if hung_up(stream):
+                stream.close()
+            else:
+                kept.append(stream)
+        self._idle = kept
         if self._idle:
             self._in_use += 1
             return self._idle.pop()
@@ -373,6 +395,7 @@ class Upstream:
         return stream
 
     def close(self) -> None:
+        """Closes the idle connections (those in use close when their request ends)."""
         for stream in self._idle:
             stream.close()
         self._idle.clear()
@@ -425,6 +448,10 @@ class Upstream:
             except (iostream.StreamClosedError, OSError, ssl.SSLError) as exc:
                 replayable = replay and not isinstance(body, AsyncIterator)
                 if attempt == 0 and reused and not delegate.started and replayable:
+                    # The server let this one go while it was idle (its idle timeout, a
+                    # restart): the others idle as long may be gone too, and unnoticed if
+                    # their hang-up is still on its way. The second try opens a fresh one.
+                    self.close()
                     continue
                 raise UpstreamError(
                     f"connection to the Kubernetes API server failed: {exc}"
