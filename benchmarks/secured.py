@@ -15,7 +15,6 @@ answers about half of what it would alone.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from benchmarks.context import Bench
@@ -25,8 +24,10 @@ from benchmarks.wrk import (
     PASS_SECONDS,
     PASSES,
     Job,
+    median_per_core,
     median_ratio,
     median_run,
+    pass_ratios,
     per_core,
     side_by_side,
 )
@@ -99,8 +100,8 @@ def scenario_9(bench: Bench) -> None:
                 )
             share = median_ratio(done[secured.name], done[plain.name])
             runs = {name: median_run(rs) for name, rs in done.items()}
-            plain_rps = statistics.median(map(per_core, done[plain.name]))
-            secured_rps = statistics.median(map(per_core, done[secured.name]))
+            plain_rps = median_per_core(done[plain.name])
+            secured_rps = median_per_core(done[secured.name])
             calls = upstream_reviews(secured) - before
             log(
                 f"9 {case}: {plain_rps:.1f} req/s per core plain, {secured_rps:.1f} secured"
@@ -137,10 +138,7 @@ def scenario_9(bench: Bench) -> None:
                 "plain_rps": plain_rps,
                 "secured_rps": secured_rps,
                 "pass_per_core": {n: [per_core(r) for r in rs] for n, rs in done.items()},
-                "pass_ratios": [
-                    per_core(a) / per_core(b)
-                    for a, b in zip(done["secured"], done["cached"], strict=True)
-                ],
+                "pass_ratios": pass_ratios(done[secured.name], done[plain.name]),
                 "pass_rps": {n: [r.rps for r in rs] for n, rs in done.items()},
                 "share": share,
                 "upstream_reviews": calls,

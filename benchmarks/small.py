@@ -13,7 +13,6 @@ get through them. Each ratio is of requests per CPU second, the median over the 
 from __future__ import annotations
 
 import contextlib
-import statistics
 from typing import Any
 
 from benchmarks.context import Bench
@@ -24,6 +23,7 @@ from benchmarks.wrk import (
     PASSES,
     Job,
     LoadResult,
+    median_per_core,
     median_ratio,
     median_run,
     per_core,
@@ -133,40 +133,36 @@ def scenario_12(bench: Bench) -> None:
                     quiet=[*bench.server_pids, *servers],
                     cpus=cores and cores[1],
                 )
-    runs: dict[str, dict[str, LoadResult]] = {}
+    small: dict[str, Any] = {}
     for case, _ in cases:
-        body = answers[case][0]
-        r = median_run(done[f"{case}/cached"])
-        ceiling_r = median_run(done[f"{case}/tornado"])
-        runs[case] = {"cached": r, "tornado": ceiling_r}
-        mine = statistics.median(map(per_core, done[f"{case}/cached"]))
-        theirs = statistics.median(map(per_core, done[f"{case}/tornado"]))
-        res.add("12", case, "req/s per core", "higher", {"cached": mine})
+        mine, theirs = done[f"{case}/cached"], done[f"{case}/tornado"]
+        r = median_run(mine)
+        small[case] = {
+            "cached_rps": median_per_core(mine),
+            "cached_pass_per_core": [per_core(x) for x in mine],
+            "ceiling_pass_per_core": [per_core(x) for x in theirs],
+            "watchcache_cpu_per_1k": r.server_cpu_per_1k - r.api_cpu_per_1k,
+            "api_cpu_per_1k": r.api_cpu_per_1k,
+            "ceiling_rps": median_per_core(theirs),
+            "ceiling_p99_ms": median_run(theirs).p99_ms,
+            "cached_share": median_ratio(mine, theirs),
+        }
+        c = small[case]
+        res.add("12", case, "req/s per core", "higher", {"cached": c["cached_rps"]})
         res.add("12", case, "server CPU / 1k req", "lower", {"cached": r.server_cpu_per_1k}, "s")
-        ceil_case = f"{case}: bare Tornado, same {len(body):,} B"
-        res.add("12", ceil_case, "req/s per core", "higher", {"cached": theirs})
-        log(f"12 {case}: cached {mine:.0f} req/s per core, Tornado {theirs:.0f}")
-    g = median_ratio(done[f"{get_case}/cached"], done[f"{get_case}/tornado"])
-    s = median_ratio(done[f"{sel_case}/cached"], done[f"{sel_case}/tornado"])
+        ceil_case = f"{case}: bare Tornado, same {len(answers[case][0]):,} B"
+        res.add("12", ceil_case, "req/s per core", "higher", {"cached": c["ceiling_rps"]})
+        log(
+            f"12 {case}: cached {c['cached_rps']:.0f} req/s per core,"
+            f" Tornado {c['ceiling_rps']:.0f}"
+        )
+    g, s = small[get_case]["cached_share"], small[sel_case]["cached_share"]
     # list/get = (list/its ceiling) / (get/its ceiling) x (list's ceiling / get's ceiling)
     t = median_ratio(done["ceilings/sel"], done["ceilings/get"])
     sg = s / g * t
     res.goal("12", f"{get_case}: ≥ 0.7x the Tornado ceiling", f"{g:.2f}x", g >= 0.7)
     res.goal("12", f"{sel_case}: ≥ 0.7x the Tornado ceiling", f"{s:.2f}x", s >= 0.7)
     res.goal("12", f"{sel_case}: ≥ 0.9x the cached get", f"{sg:.2f}x", sg >= 0.9)
-    small: dict[str, Any] = {
-        case: {
-            "cached_rps": statistics.median(map(per_core, done[f"{case}/cached"])),
-            "cached_pass_per_core": [per_core(x) for x in done[f"{case}/cached"]],
-            "ceiling_pass_per_core": [per_core(x) for x in done[f"{case}/tornado"]],
-            "watchcache_cpu_per_1k": r["cached"].server_cpu_per_1k - r["cached"].api_cpu_per_1k,
-            "api_cpu_per_1k": r["cached"].api_cpu_per_1k,
-            "ceiling_rps": statistics.median(map(per_core, done[f"{case}/tornado"])),
-            "ceiling_p99_ms": r["tornado"].p99_ms,
-            "cached_share": median_ratio(done[f"{case}/cached"], done[f"{case}/tornado"]),
-        }
-        for case, r in runs.items()
-    }
     res.raw["small_ceiling"] = small
     res.notes.append(
         "Scenario 12: the servers share one core and wrk runs on the other; two servers are"

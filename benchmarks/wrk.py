@@ -108,9 +108,18 @@ def side_by_side(
     return out
 
 
+def median_per_core(runs: list[LoadResult]) -> float:
+    return statistics.median(map(per_core, runs))
+
+
+def pass_ratios(a: list[LoadResult], b: list[LoadResult]) -> list[float]:
+    """Pass by pass, a's ``per_core`` over b's."""
+    return [per_core(x) / per_core(y) for x, y in zip(a, b, strict=True)]
+
+
 def median_ratio(a: list[LoadResult], b: list[LoadResult]) -> float:
     """The median over passes of a's ``per_core`` over b's in the same pass."""
-    return statistics.median(per_core(x) / per_core(y) for x, y in zip(a, b, strict=True))
+    return statistics.median(pass_ratios(a, b))
 
 
 def _lua(headers: dict[str, str], paths: list[str]) -> str:
