@@ -278,17 +278,14 @@ class Upstream:
 
     async def _acquire(self) -> iostream.IOStream | None:
         """A kept-alive stream, or None for a slot to open a new one; counted in use."""
-        # Idle connections the server closed meanwhile are let go first (see ``hung_up``).
-        kept = []
-        for stream in self._idle:
-            if hung_up(stream):
-                stream.close()
-            else:
-                kept.append(stream)
-        self._idle = kept
-        if self._idle:
-            self._in_use += 1
-            return self._idle.pop()
+        # The newest idle connection the server has not hung up on (see ``hung_up``); those
+        # it has are closed on the way, so each is polled once, not on every request.
+        while self._idle:
+            stream = self._idle.pop()
+            if not hung_up(stream):
+                self._in_use += 1
+                return stream
+            stream.close()
         if self._in_use < self.max_connections:
             self._in_use += 1
             return None
