@@ -9,9 +9,7 @@ import re
 import signal
 import socket
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from tornado import httputil, web
 from tornado.netutil import bind_sockets
 
 from watchcache.cache.hub import HistoryLimits, Hub
@@ -21,7 +19,7 @@ from watchcache.cache.shared import WrittenVersions
 from watchcache.cache.store import Store
 from watchcache.cache.tokens import ContinueCodec
 from watchcache.config import ResourceSpec, SecuritySettings, Settings
-from watchcache.http.adapter import Adapter, Route, Served, routed
+from watchcache.http.adapter import Route, Router, Served
 from watchcache.http.discovery import discovery_routes
 from watchcache.http.health import BAD_PATH, NOT_FOUND, health_routes
 from watchcache.http.proxy import Forward, PassThrough
@@ -33,7 +31,6 @@ from watchcache.http.serving import (
     fit_upstream,
 )
 from watchcache.http.tls import ServingCertificate
-from watchcache.kube.gourl import UndecodablePath, decoded_rule
 from watchcache.metrics import RequestCounter, render_own
 from watchcache.middleware.core import Middleware, Next, compose
 from watchcache.middleware.features import Feature, builtin_features
@@ -217,53 +214,17 @@ def routes(runtime: Runtime) -> list[tuple[str, Route]]:
     return table
 
 
-def make_app(runtime: Runtime) -> web.Application:
-    """The tornado application: every route served by the one adapter, routed on the decoded
-    path as kube-apiserver routes (watchcache.kube.gourl)."""
+def make_app(runtime: Runtime) -> Router:
+    """The HTTP application: every route, matched on the decoded path as kube-apiserver
+    matches its routes (watchcache.kube.gourl), served by one exchange per request."""
     served = Served(runtime.chain, runtime.requests.count)
-    rules: list[Any] = [routed((UndecodablePath(), BAD_PATH), served)]
-    rules += [decoded_rule(routed(rule, served)) for rule in routes(runtime)]
-    return web.Application(
-        rules,
-        default_handler_class=Adapter,
-        default_handler_args={"route": NOT_FOUND, "served": served},
-        compress_response=False,
-        log_function=_log_request,
+    return Router(
+        routes(runtime),
+        served,
+        fallback=NOT_FOUND,
+        undecodable=BAD_PATH,
+        max_query_params=runtime.settings.limits.max_query_params,
     )
-
-
-LOGGED_URI = 512  # characters of a request's URI (and 32 of its method) in the log
-
-
-def _log_request(handler: web.RequestHandler) -> None:
-    status = handler.get_status()
-    served = getattr(handler, "served", None)
-    if isinstance(served, Served):
-        served.count(handler.request.method or "", status)
-    level = logging.WARNING if status >= 500 else logging.DEBUG
-    if not log.isEnabledFor(level):
-        return
-    log.log(
-        level,
-        "%s %s %d %.1fms",
-        _clip(handler.request.method or "", 32),
-        _clip(handler.request.uri or "", LOGGED_URI),
-        status,
-        1000.0 * handler.request.request_time(),
-    )
-
-
-def _clip(text: str, limit: int) -> str:
-    """A client's text for the log: bounded, so that a huge method or URI cannot flood it."""
-    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
-
-
-def _bound_query_params(limit: int) -> None:
-    """tornado parses a query under one process-wide bound (1,000 fields by default, fewer
-    than kube-apiserver accepts); set it to the server's. More fields are answered 400."""
-    config = httputil.ParseBodyConfig()
-    config.urlencoded.max_arguments = limit
-    httputil.set_parse_body_config(config)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -347,7 +308,6 @@ class Server:
             self._share(self.worker, self.runtime)
         self.runtime.start()
         app = make_app(self.runtime)
-        _bound_query_params(limits.max_query_params)
         sec = self.settings.security
         tls = None
         if sec.tls_cert_file or sec.tls_private_key_file:

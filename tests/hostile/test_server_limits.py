@@ -421,9 +421,7 @@ def test_unclassified_failure_is_a_500_status_with_an_id_the_log_shows(
     """A handler that raises something unexpected: the client gets a 500 Status naming an
     error id, and the log has that id with the traceback (and nothing else does).
     In-process, since no client input is known to cause one."""
-    from tornado import web
-
-    from watchcache.http.adapter import Route, Served, routed
+    from watchcache.http.adapter import Route, Router, Served
     from watchcache.http.serving import BoundedHTTPServer
     from watchcache.middleware.core import Request, Response, compose
 
@@ -433,7 +431,8 @@ def test_unclassified_failure_is_a_500_status_with_an_id_the_log_shows(
     served = Served(compose([]), lambda method, code: None)
 
     async def scenario() -> bytes:
-        app = web.Application([routed((r"/", Route(broken)), served)])
+        fallback = Route(broken)
+        app = Router([(r"/", fallback)], served, fallback=fallback, undecodable=fallback)
         server = BoundedHTTPServer(app, ServerLimits())
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))

@@ -13,12 +13,7 @@ Go and Python differ on malformed URLs, and a client must not tell the two apart
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
-from typing import Any
-
-from tornado import httputil
-from tornado.routing import PathMatches
 
 MAX_QUERY_PARAMS = 10_000  # net/url's default (GODEBUG urlmaxqueryparams)
 _HEX = frozenset(b"0123456789abcdefABCDEF")
@@ -80,58 +75,3 @@ def decode_path(raw: str) -> str | None:
     """The path as Go's URL.Path holds it, or None when it does not decode (Go: 400)."""
     decoded = _unescape(raw.encode("latin-1", "replace"), plus=False)
     return None if decoded is None else decoded.decode("utf-8", "replace")
-
-
-_UNDECODABLE = "\x00undecodable"
-
-
-def request_path(request: httputil.HTTPServerRequest) -> str | None:
-    """``decode_path(request.path)``, decoded once per request however many routes ask (it
-    is kept on the request under a name of watchcache's own)."""
-    found: str | None = getattr(request, "watchcache_path", None)
-    if found is None:
-        found = decode_path(request.path)
-        request.watchcache_path = _UNDECODABLE if found is None else found  # type: ignore[attr-defined]
-        return found
-    return None if found is _UNDECODABLE else found
-
-
-class DecodedPathMatches(PathMatches):
-    """A tornado route matched against the decoded path, as kube-apiserver matches its
-    routes; the groups are handed on decoded once (tornado would decode them again)."""
-
-    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        path = request_path(request)
-        if path is None:
-            return None
-        found = self.regex.match(path)
-        if found is None:
-            return None
-        if not self.regex.groups:
-            return {}
-        if self.regex.groupindex:
-            kwargs = {
-                str(k): None if v is None else v.encode() for k, v in found.groupdict().items()
-            }
-            return {"path_args": [], "path_kwargs": kwargs}
-        args = [None if v is None else v.encode() for v in found.groups()]
-        return {"path_args": args, "path_kwargs": {}}
-
-
-class UndecodablePath(PathMatches):
-    """Matches any request whose path Go could not decode: routed to a 400."""
-
-    def __init__(self) -> None:
-        super().__init__(re.compile(r".*"))
-
-    def match(self, request: httputil.HTTPServerRequest) -> dict[str, Any] | None:
-        return None if request_path(request) is not None else {}
-
-
-def decoded_rule(rule: Any) -> Any:
-    """A route-table entry whose pattern is matched on the decoded path, which may hold any
-    character: ``.`` matches a newline too, and the end is the very end."""
-    if isinstance(rule, (tuple, list)) and isinstance(rule[0], str):
-        regex = re.compile(rule[0].removesuffix("$") + r"\Z", re.DOTALL)
-        return (DecodedPathMatches(regex), *rule[1:])
-    return rule
