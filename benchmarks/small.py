@@ -6,8 +6,9 @@ servers, so req/s alone favours whichever setup leaves wrk more CPU: CPU seconds
 requests (every process of the server: supervisor and workers) is the fairer comparison.
 Scenario 12 pins the servers to one core and wrk to the other, and loads two servers at a
 time sharing that core (``wrk.side_by_side``): watchcache and the ceiling on the get,
-the same on the name-selector list, and the two ceilings, which relates the list to the
-get through them. Each ratio is of requests per CPU second, the median over the passes.
+the same on the name-selector list, the two ceilings, which relates the list to the get
+through them, and watchcache next to Tornado's HTTP layer alone (the layer it is built
+on). Each ratio is of requests per CPU second, the median over the passes.
 """
 
 from __future__ import annotations
@@ -108,7 +109,24 @@ def scenario_12(bench: Bench) -> None:
                     bench, body, "benchmarks.tornado_ceiling", "--content-type", content_type
                 )
             )
-        servers = [*cached.own_pids, *(pid for t in ceilings.values() for pid in t.own_pids)]
+        body, content_type = answers[get_case]
+        # Tornado's HTTP layer alone, for the get: what watchcache's own layer costs.
+        floor = stack.enter_context(
+            ceiling_server(
+                bench,
+                body,
+                "benchmarks.tornado_ceiling",
+                "--content-type",
+                content_type,
+                "--layer",
+                "http",
+            )
+        )
+        servers = [
+            *cached.own_pids,
+            *floor.own_pids,
+            *(pid for t in ceilings.values() for pid in t.own_pids),
+        ]
         pairs = [
             [
                 Job(f"{get_case}/cached", cached, get_path),
@@ -118,6 +136,7 @@ def scenario_12(bench: Bench) -> None:
                 Job(f"{sel_case}/cached", cached, sel_path),
                 Job(f"{sel_case}/tornado", ceilings[sel_case], sel_path),
             ],
+            [Job(f"{get_case}/cached@http", cached, get_path), Job("http", floor, get_path)],
             # The two ceilings: how much more the list's bytes cost than the get's.
             [
                 Job("ceilings/sel", ceilings[sel_case], sel_path),
@@ -157,6 +176,11 @@ def scenario_12(bench: Bench) -> None:
             f" Tornado {c['ceiling_rps']:.0f}"
         )
     g, s = small[get_case]["cached_share"], small[sel_case]["cached_share"]
+    h = median_ratio(done[f"{get_case}/cached@http"], done["http"])
+    small[get_case] |= {"http_layer_rps": median_per_core(done["http"]), "http_layer_share": h}
+    floor_case = f"{get_case}: Tornado's HTTP layer alone (no tornado.web), same bytes"
+    res.add("12", floor_case, "req/s per core", "higher", {"cached": median_per_core(done["http"])})
+    log(f"12 {get_case}: {h:.2f}x of Tornado's HTTP layer alone")
     # list/get = (list/its ceiling) / (get/its ceiling) x (list's ceiling / get's ceiling)
     t = median_ratio(done["ceilings/sel"], done["ceilings/get"])
     sg = s / g * t
@@ -170,4 +194,6 @@ def scenario_12(bench: Bench) -> None:
         f" two ceilings), {PASSES} passes of {PASS_SECONDS:g} s after a warm-up pass; each"
         " ratio is the median of the passes' ratios of requests per CPU second (req/s per"
         " core), and the list's ratio to the get goes through the two ceilings' ratio."
+        f" The get is also loaded next to Tornado's HTTP layer alone, which watchcache is"
+        f" built on (no tornado.web): {h:.2f}x of it."
     )
