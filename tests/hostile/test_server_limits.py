@@ -319,6 +319,9 @@ def test_tornados_limits_are_answered_with_a_status(
     for bad in (
         b"GARBAGE\r\n\r\n",
         b"GET /apis HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n",
+        b"GET /apis HTTP/1.1\r\n\r\n",  # HTTP/1.1 needs its Host ...
+        b"GET /apis HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",  # ... and only one
+        b"GET /apis HTTP/1.1\r\nHost: x y\r\n\r\n",
         b"POST /apis/ray.io/v1/namespaces/default/rayclusters HTTP/1.1\r\nHost: x\r\n"
         b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n",
     ):

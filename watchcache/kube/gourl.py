@@ -7,8 +7,8 @@ Go and Python differ on malformed URLs, and a client must not tell the two apart
   ``%`` escape (the rest of the query still counts), and reads no parameter at all when there
   are more than 10,000. Python keeps such pairs, undecoded.
 - The path: Go decodes it before anything routes on it (``%2F`` is a ``/``, ``%2E`` a
-  ``.``), and refuses a path with an undecodable escape (400). Tornado routes on the raw path
-  and decodes only the matched groups.
+  ``.``), and refuses a path with an undecodable escape (400); watchcache's router
+  (http.adapter.Router) matches the decoded path too.
 """
 
 from __future__ import annotations
