@@ -193,7 +193,7 @@ def routes(runtime: Runtime) -> list[tuple[str, Route]]:
     forward = Forward(
         runtime.upstream, runtime.retry, runtime.settings.upstream_timeout, impersonate=impersonate
     )
-    # The cached resources first: they take nearly every request, and tornado tries the
+    # The cached resources first: they take nearly every request, and the router tries the
     # rules in order. No path of theirs (a group version, then namespaces/NS/PLURAL or
     # PLURAL) is also a health or discovery path, so the order changes no answer.
     table = []

@@ -197,7 +197,7 @@ class TLSStream(Stream, JudgedStream):
 
 
 class ConnectionContext:
-    """What a request knows of its connection (tornado reads ``remote_ip`` and ``protocol``)."""
+    """What a request knows of its connection (the exchange reads ``remote_ip``)."""
 
     def __init__(self, address: Any, protocol: str) -> None:
         self.address = address
