@@ -120,3 +120,35 @@ def test_a_watch_from_a_version_older_than_the_history_ends_with_410(res: Cached
     sub = run(reads.watch(res, None, options("watch=1&resourceVersion=2", res)))
     assert isinstance(sub, Subscription) and sub.watcher is None and sub.error is not None
     assert orjson.loads(sub.error)["object"]["code"] == 410
+
+
+def started_without_suspending(coro):  # type: ignore[no-untyped-def]
+    """The coroutine's result when it ran to its end at its first step, never awaiting."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise AssertionError("it waited")
+
+
+def test_a_watch_from_a_version_the_cache_has_not_reached_starts_at_once_and_skips_up_to_it(
+    res: CachedResource,
+) -> None:
+    res.rv_wait = 3600.0  # were it to wait for version 20, it would suspend
+    sub = started_without_suspending(
+        reads.watch(res, "a", options("watch=1&resourceVersion=20", res))
+    )
+    assert isinstance(sub, Subscription) and sub.watcher is not None
+    assert list(sub.initial) == []
+    res.store.apply("MODIFIED", obj("a", "x", 15))  # at or below 20: the client has it
+    res.store.apply("MODIFIED", obj("a", "y", 21))
+    (event,) = [orjson.loads(f) for f in sub.watcher.drain(1 << 20)]
+    assert event["object"]["metadata"]["resourceVersion"] == "21"
+
+
+def test_a_watch_from_the_state_at_a_version_not_reached_is_delegated(
+    res: CachedResource,
+) -> None:
+    query = "watch=1&resourceVersion=20&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+    assert isinstance(run(reads.watch(res, "a", options(query, res))), Delegate)

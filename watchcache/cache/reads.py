@@ -284,12 +284,14 @@ async def watch(
     wanted = 0
     if rv_text not in ("", "0"):
         wanted = resource_version_int(rv_text)
-        reached = await store.wait_for(wanted, res.rv_wait)
-        if from_state and not reached:
+        if from_state and not await store.wait_for(wanted, res.rv_wait):
             # N may come from a write to another resource: only the API server can tell
             # that nothing changed up to it (or send the 504 ERROR event itself).
             return Delegate("resourceVersion not reached")
-        # A legacy watch from N needs no such state: events up to N are skipped below.
+        # A legacy watch from N starts at once, as the cacher starts it: events up to N are
+        # skipped as they arrive (``subscribe``). Waiting for the cache to reach N would
+        # change nothing the client sees but its start: N is often etcd's revision, raised
+        # by writes to other resources, which this cache learns of at the next bookmark.
     return subscribe(res, filter_, opts, wanted, from_state)
 
 
