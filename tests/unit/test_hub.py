@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+
 import orjson
 import pytest
 
@@ -119,3 +122,43 @@ def test_watchers_with_one_filter_share_its_frame_and_leave_it_one_by_one(hub: H
     hub.remove(other)
     hub.store.apply("MODIFIED", obj("a", "x", 23))
     assert not hub.watchers and not hub._groups  # nothing kept for filters no one uses
+
+
+def rvs(frames: Sequence[bytes]) -> list[str]:
+    return [orjson.loads(f)["object"]["metadata"]["resourceVersion"] for f in frames]
+
+
+def test_the_events_of_one_loop_step_reach_an_idle_stream_in_one_write(hub: Hub) -> None:
+    writes: list[list[str]] = []
+
+    def direct(frames: Sequence[bytes]) -> bool:
+        writes.append(rvs(frames))
+        return True
+
+    async def steps() -> None:
+        watcher = watch(hub, "a")
+        watcher.direct = direct
+        for rv in (13, 14, 15):  # one upstream read: one step
+            hub.store.apply("MODIFIED", obj("a", "x", rv))
+        assert writes == []
+        await asyncio.sleep(0)
+        hub.store.apply("MODIFIED", obj("a", "x", 16))  # the next step
+        await asyncio.sleep(0)
+        assert writes == [["13", "14", "15"], ["16"]]
+        assert not watcher.frames and watcher.queued_bytes == 0 and watcher.rv == 16
+
+    asyncio.run(steps())
+
+
+def test_a_batch_a_busy_stream_cannot_take_wakes_its_coroutine_with_it_queued(hub: Hub) -> None:
+    async def steps() -> None:
+        watcher = watch(hub, "a")
+        watcher.direct = lambda frames: False  # a write still in flight
+        waiting = asyncio.ensure_future(watcher.wait(None))
+        await asyncio.sleep(0)  # the stream's coroutine, idle
+        hub.store.apply("MODIFIED", obj("a", "x", 13))
+        hub.store.apply("MODIFIED", obj("a", "x", 14))
+        await asyncio.wait_for(waiting, 1)
+        assert rvs(watcher.drain(1 << 20)) == ["13", "14"]
+
+    asyncio.run(steps())

@@ -38,7 +38,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -123,7 +123,13 @@ class Filter:
 class Watcher:
     """One downstream watch: a bounded queue of frames and the state of its stream."""
 
-    def __init__(self, filter_: Filter, capacity: int, max_bytes: int = 8 << 20) -> None:
+    def __init__(
+        self,
+        filter_: Filter,
+        capacity: int,
+        max_bytes: int = 8 << 20,
+        batch: Callable[[Watcher], None] | None = None,
+    ) -> None:
         self.filter = filter_
         self.capacity = capacity
         self.max_bytes = max_bytes
@@ -140,19 +146,21 @@ class Watcher:
         # Called when the watcher is ended for falling behind: a stalled client may never
         # complete the write it is blocked in, so its connection must be closed, not waited on.
         self.on_overflow: Callable[[], None] | None = None
-        # The fast path, set once the initial events are out: writes a frame straight to
-        # the client's socket buffer when nothing is queued or in flight, and says whether it
-        # did. Fan-out then costs one buffer write per watcher, not a coroutine wake-up each.
-        self.direct: Callable[[bytes], bool] | None = None
+        # The fast path, set once the initial events are out: writes frames straight to the
+        # client's socket buffer when nothing is in flight, and says whether it did. Fan-out
+        # then costs one buffer write per watcher, not a coroutine wake-up each.
+        self.direct: Callable[[Sequence[bytes]], bool] | None = None
+        # The Hub's batch: a frame pushed onto an empty queue waits there for the end of the
+        # loop's step (``flush``), so that every event of one upstream read reaches the
+        # socket in one write. A server behind its events writes fewer, larger batches.
+        self._batch = batch
+        self.batched = False
         self._wake = asyncio.Event()
 
     def push(self, frame: bytes, rv: int) -> bool:
         if self.ended:
             return False
         if rv <= self.skip_until:
-            return True
-        if not self.frames and self.direct is not None and self.direct(frame):
-            self.rv = rv
             return True
         if self.frames and (
             len(self.frames) >= self.capacity or self.queued_bytes + len(frame) > self.max_bytes
@@ -165,8 +173,26 @@ class Watcher:
         self.frames.append(frame)
         self.queued_bytes += len(frame)
         self.rv = rv
-        self._wake.set()
+        if self.batched:
+            return True
+        if len(self.frames) == 1 and self.direct is not None and self._batch is not None:
+            self.batched = True
+            self._batch(self)
+        else:
+            self._wake.set()
         return True
+
+    def flush(self) -> None:
+        """The batch's end: what was queued goes to the socket in one write when the stream
+        is idle; otherwise the stream's coroutine is woken to write it."""
+        self.batched = False
+        if self.ended or not self.frames:
+            return  # ended: the coroutine (already woken) writes what it must
+        if self.direct is not None and self.direct(self.frames):
+            self.frames.clear()
+            self.queued_bytes = 0
+        else:
+            self._wake.set()
 
     def end(self) -> None:
         self.ended = True
@@ -251,6 +277,7 @@ class Hub:
         self._open: set[Watcher] = set()
         self._all_closed = asyncio.Event()
         self._all_closed.set()
+        self._batched: list[Watcher] = []  # frames queued in this step, written at its end
         self.ended_slow = 0  # watchers ended because they fell behind
         self.ended_relist = 0  # watchers ended with 410 because an upstream re-list broke history
         self.relists = 0
@@ -329,7 +356,18 @@ class Hub:
 
     def watcher(self, filter_: Filter) -> Watcher:
         """A new watcher with this hub's queue bounds; ``add`` starts its delivery."""
-        return Watcher(filter_, self.queue_capacity, self.queue_bytes)
+        return Watcher(filter_, self.queue_capacity, self.queue_bytes, self._batch)
+
+    def _batch(self, watcher: Watcher) -> None:
+        """Takes ``watcher`` into the step's batch; the first one schedules its flush."""
+        if not self._batched:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batched.append(watcher)
+
+    def _flush(self) -> None:
+        batched, self._batched = self._batched, []
+        for watcher in batched:
+            watcher.flush()
 
     def add(self, watcher: Watcher) -> None:
         self.watchers.add(watcher)

@@ -3,9 +3,10 @@
 ``cache.reads.watch`` registers the watcher (its snapshot and subscription in one step);
 ``WatchStream`` writes what follows once the middleware chain has returned, through the
 adapter's ``Writer`` (chunk-framed by tornado). An event reaches an idle watcher's socket
-buffer inside the Hub's fan-out step, with no coroutine wake-up. A watcher whose stream is
-still busy gets its frames queued instead, and its coroutine writes them with ``await``:
-that wait is the backpressure. When the bounded queue fills, the Hub ends the watch.
+buffer at the end of the loop step it arrived in, with every other event of that step, in
+one write and with no coroutine wake-up. A watcher whose stream is still busy gets its
+frames queued instead, and its coroutine writes them with ``await``: that wait is the
+backpressure. When the bounded queue fills, the Hub ends the watch.
 
 A client that stops reading is cut off whether or not more events come: every write it has
 not taken within ``stall_timeout`` seconds (the initial events, a bookmark, a queued batch,
@@ -155,12 +156,12 @@ class BodyWriter:
         # finish within the stall bound, even if no other event ever comes.
         self.pending: Awaitable[None] | None = None
 
-    def try_write(self, frame: bytes) -> bool:
+    def try_write(self, frames: Sequence[bytes]) -> bool:
         """The fast path: only onto an idle stream, so nothing can overtake a queued frame."""
         out = self.out
         if self.busy or out.closed or not out.idle():
             return False
-        done = out.write_now((frame,))
+        done = out.write_now(frames)
         if isinstance(done, asyncio.Future):
             done.add_done_callback(ignore_closed)
             if not done.done():

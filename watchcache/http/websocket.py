@@ -144,13 +144,13 @@ class WebSocketWriter:
         if watcher is not None:
             watcher.end()
 
-    def try_write(self, frame: bytes) -> bool:
+    def try_write(self, frames: Sequence[bytes]) -> bool:
         """The fast path, as the HTTP writer's: only onto an idle stream; a write the socket
         does not take at once is left for ``settle`` to bound."""
         stream = self.stream
         if self.busy or stream.closed() or stream.writing():
             return False
-        done = stream.write(_messages(frame))
+        done = stream.write(_messages(b"".join(frames)))
         done.add_done_callback(_ignore)
         if not done.done():
             self.pending = done
