@@ -40,7 +40,7 @@ from watchcache.kube.gourl import decode_path, parse_query
 from watchcache.kube.requestinfo import check_deadline
 from watchcache.kube.resources import ResourceSpec
 from watchcache.kube.status import StatusError, method_not_allowed, not_found_path
-from watchcache.middleware.core import Endpoint, Headers, Next, Request, Response, Stream
+from watchcache.middleware.core import Endpoint, Headers, Next, Request, Response
 
 if TYPE_CHECKING:
     from tornado.http1connection import HTTP1Connection
@@ -417,7 +417,10 @@ class Exchange(httputil.HTTPMessageDelegate):
 
     async def send_stream(self, response: Response) -> None:
         """The head, then the body as the stream writes it, then the end of the body."""
-        assert isinstance(response.body, Stream)
+        body = response.body
+        # Not isinstance(body, Stream): a runtime Protocol check walks the class's members
+        # at every call, once per watch.
+        assert not isinstance(body, bytes)
         self.pending = self.head(response)
         chunked = (
             self.version == "HTTP/1.1"
@@ -426,7 +429,7 @@ class Exchange(httputil.HTTPMessageDelegate):
             and response.status not in NO_BODY
             and "Content-Length" not in response.headers
         )
-        await response.body.run(Out(self, chunked))
+        await body.run(Out(self, chunked))
         self.end()
 
     def send_bytes(self, request: Request, response: Response) -> None:
