@@ -53,3 +53,10 @@ def test_continue_queries_are_not_remembered_and_the_memo_is_bounded(
     for n in range(10):
         parsed({"labelSelector": [f"x={n}"]})
         assert len(parsed.parsed) <= 3
+
+
+def test_a_dashboard_polling_each_of_1000_names_in_turn_finds_each_query_parsed() -> None:
+    parsed = memo()
+    queries = [{"fieldSelector": [f"metadata.name=rc-{n}"]} for n in range(1000)]
+    first = [parsed(q) for q in queries]
+    assert all(parsed(dict(q)) is opts for q, opts in zip(queries, first, strict=True))

@@ -47,7 +47,10 @@ BODY_PARAMS = (
     "resourceVersionMatch",
     "pretty",
 )
-PARSED_QUERIES = 512  # list queries remembered parsed, per resource
+# List queries remembered parsed, per resource (about 700 B each): enough for a dashboard
+# that polls each of a namespace's 1,000 objects by name in turn. Emptied when full, so a
+# rotation longer than this would find none of them.
+PARSED_QUERIES = 4096
 
 
 class ParsedQueries:
