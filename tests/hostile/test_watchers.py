@@ -166,3 +166,18 @@ def test_events_larger_than_the_socket_takes_at_once_arrive_whole_and_in_order(
     assert [e["object"]["metadata"]["resourceVersion"] for e in events] == versions
     assert all(len(line) > PAD for line in lines)
     assert_healthy(proxy)
+
+
+def test_a_list_body_up_to_half_the_budget_is_kept_for_reuse(
+    proxy_factory: Callable[..., Proxy], big_objects: None
+) -> None:
+    budget = 16 << 20  # the namespace's list, 6 MB, is more than a quarter of it
+    proxy = proxy_factory("--render-cache-bytes", str(budget))
+    path = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
+    code, _, body = proxy.request("GET", path)
+    assert code == 200 and len(body) > budget // 4
+    assert metric(proxy, "watchcache_render_cache_bytes") >= len(body)
+    code, headers, _ = proxy.request("GET", path, headers={"Accept-Encoding": "gzip"})
+    assert code == 200 and headers.get("Content-Encoding") == "gzip"
+    assert len(body) < metric(proxy, "watchcache_render_cache_bytes") <= budget
+    assert_healthy(proxy)

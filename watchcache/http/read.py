@@ -201,11 +201,17 @@ class ResourceEndpoint:
         body = list_body(res.spec, entries, page.rv, page.token, page.remaining)
         rendered = Rendered(page.state or (page.rv, -2), etag, body)
         renders = res.renders
-        if page.state is not None and len(body) <= renders.maxsize // 4:
+        # Up to half the budget: the all-namespaces list of a large cluster (10,000
+        # RayClusters make about 50 MB) is the body most worth keeping, since rendering it
+        # costs two copies of it and their page faults at every request.
+        if page.state is not None and len(body) <= renders.maxsize // 2:
 
             def kept(r: Rendered) -> None:
                 if renders.get(key) is r:
-                    renders[key] = r  # counted again, with its gzip form
+                    if r.size > renders.maxsize:  # with its gzip form, more than the budget
+                        del renders[key]
+                    else:
+                        renders[key] = r  # counted again, with its gzip form
 
             rendered.kept = kept
             renders[key] = rendered  # bounded in bytes: a huge body is not kept
