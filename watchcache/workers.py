@@ -3,10 +3,11 @@
 The supervisor binds the listening socket(s) once and re-executes ``python -m watchcache
 serve`` N times with the same flags and ``--worker-of DIR --worker-index I --listen-fd FD``;
 each worker inherits the socket (``pass_fds``; nothing is forked after an event loop or a
-thread exists) and accepts on it with its own loop, so the kernel spreads connections among
-those waiting in accept. Each worker is a whole watchcache: its own caches, its own upstream
-watches. A worker that dies is started again after a backoff (doubling to 30 s, reset once a
-worker has lived 30 s), logged. SIGTERM or SIGINT is forwarded to every worker, which then
+thread exists) and accepts on it with its own loop. The kernel hands each connection to a
+worker waiting in accept, without balancing: a burst may all go to the one awake first.
+Each worker is a whole watchcache: its own caches, its own upstream watches. A worker that
+dies is started again after a backoff (doubling to 30 s, reset once a worker has lived
+30 s), logged. SIGTERM or SIGINT is forwarded to every worker, which then
 stops as one server does (``Server.stop``: /readyz fails for --shutdown-delay, accepting
 stops, watches end, requests in flight finish within --shutdown-grace); the supervisor closes
 its copy of the listening socket, so that the port closes with the last worker's, waits for
