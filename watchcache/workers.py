@@ -1,18 +1,21 @@
-"""``--workers N``: one supervisor, N complete watchcache processes on one listening socket.
+"""``--workers N``: one supervisor, N complete watchcache processes on one port.
 
-The supervisor binds the listening socket(s) once and re-executes ``python -m watchcache
-serve`` N times with the same flags and ``--worker-of DIR --worker-index I --listen-fd FD``;
-each worker inherits the socket (``pass_fds``; nothing is forked after an event loop or a
-thread exists) and accepts on it with its own loop. The kernel hands each connection to a
-worker waiting in accept, without balancing: a burst may all go to the one awake first.
-Each worker is a whole watchcache: its own caches, its own upstream watches. A worker that
-dies is started again after a backoff (doubling to 30 s, reset once a worker has lived
-30 s), logged. SIGTERM or SIGINT is forwarded to every worker, which then
-stops as one server does (``Server.stop``: /readyz fails for --shutdown-delay, accepting
-stops, watches end, requests in flight finish within --shutdown-grace); the supervisor closes
-its copy of the listening socket, so that the port closes with the last worker's, waits for
-them (killing what outlives the delay and grace by 10 s) and exits. A worker whose
-supervisor is gone stops itself.
+The supervisor binds one set of listening sockets per worker, all on the one port with
+``SO_REUSEPORT``, and re-executes ``python -m watchcache serve`` N times with the same flags
+and ``--worker-of DIR --worker-index I --listen-fd FD``; worker I inherits its own sockets
+(``pass_fds``; nothing is forked after an event loop or a thread exists) and accepts on them
+with its own loop. The kernel spreads new connections over the sockets by their addresses:
+on one shared socket a burst (a client's pool opening at once) would go to whichever worker
+is awake first. Each worker is a whole watchcache: its own caches, its own upstream watches.
+A worker that dies is started again after a backoff (doubling to 30 s, reset once a worker
+has lived 30 s), logged; its sockets are closed meanwhile, so the others take every new
+connection (those queued on it when it died are lost with the ones it held), and bound
+again for its successor. SIGTERM or SIGINT is forwarded to every worker, which then stops
+as one server does (``Server.stop``: /readyz fails for --shutdown-delay, accepting stops,
+watches end, requests in flight finish within --shutdown-grace); the supervisor closes its
+copies of the sockets, so that the port closes with the last worker's, waits for them
+(killing what outlives the delay and grace by 10 s) and exits. A worker whose supervisor is
+gone stops itself.
 
 DIR, a private temporary directory the supervisor creates and removes, holds what workers
 share without a network hop: ``written`` (cache.shared, read-your-writes across workers),
@@ -36,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,16 +179,18 @@ class Supervisor:
         self,
         argv: Sequence[str],
         count: int,
-        listening: Sequence[socket.socket],
+        listen: Callable[[], list[socket.socket]],
         grace: float,
     ) -> None:
-        """``listening``: the bound sockets the workers inherit (the supervisor's copies are
-        closed when stopping); ``grace``: how long workers may take to stop (delay and
-        grace)."""
+        """``listen``: binds one worker's listening sockets (``SO_REUSEPORT``, all on the one
+        port); ``grace``: how long workers may take to stop (delay and grace)."""
         self.argv = list(argv)
         self.count = count
-        self.listening = list(listening)
-        self.fds = [sock.fileno() for sock in self.listening]
+        self.listen = listen
+        # Each worker's own sockets, the supervisor's copies: a restarted worker takes the
+        # same ones again. None while the worker is dead: closed, so that the kernel sends
+        # its share of new connections to the others meanwhile.
+        self.listening: list[list[socket.socket] | None] = [None] * count
         self.grace = grace
         self.directory = Path(tempfile.mkdtemp(prefix="watchcache-workers-"))
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -195,8 +200,7 @@ class Supervisor:
         self.restarts = [0] * count
         self.stopping: int | None = None
 
-    def command(self, index: int) -> list[str]:
-        fds = ",".join(str(fd) for fd in self.fds)
+    def command(self, index: int, fds: str) -> list[str]:
         return [
             sys.executable,
             "-m",
@@ -214,7 +218,15 @@ class Supervisor:
         ]
 
     def start(self, index: int) -> None:
-        proc = subprocess.Popen(self.command(index), pass_fds=self.fds, stdin=subprocess.DEVNULL)
+        sockets = self.listening[index]
+        if sockets is None:
+            sockets = self.listening[index] = self.listen()
+            for sock in sockets:
+                os.set_inheritable(sock.fileno(), True)
+        fds = [sock.fileno() for sock in sockets]
+        proc = subprocess.Popen(
+            self.command(index, ",".join(map(str, fds))), pass_fds=fds, stdin=subprocess.DEVNULL
+        )
         self.procs[index] = proc
         self.started[index] = time.monotonic()
         log.info("worker %d started (pid %d)", index, proc.pid)
@@ -277,16 +289,22 @@ class Supervisor:
                 delay,
             )
             self.procs[i] = None
+            self.close(i)  # what was queued on it is lost with the connections it held
             self.due[i] = now + delay
             self.backoff[i] = min(delay * 2, BACKOFF_MAX)
+
+    def close(self, index: int) -> None:
+        for sock in self.listening[index] or ():
+            sock.close()
+        self.listening[index] = None
 
     def stop(self) -> int:
         live = [p for p in self.procs if p is not None and p.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
         # The port closes once the last worker stops accepting, not when the supervisor exits.
-        for sock in self.listening:
-            sock.close()
+        for i in range(self.count):
+            self.close(i)
         deadline = time.monotonic() + self.grace + STOP_MARGIN
         for proc in live:
             try:
@@ -302,9 +320,15 @@ def supervise(argv: Sequence[str], count: int, bind: str, port: int, grace: floa
     """Binds, then runs the supervisor until a signal; its exit code."""
     from tornado.netutil import bind_sockets
 
-    sockets = bind_sockets(port, bind)
-    for sock in sockets:
-        os.set_inheritable(sock.fileno(), True)
-    chosen = sockets[0].getsockname()[1]
+    # One set of sockets per worker on one port (SO_REUSEPORT): the kernel spreads new
+    # connections over them by address. On one shared socket a burst of connections (a
+    # client's pool opening at once) goes to whichever worker is awake first, often all of it.
+    first = bind_sockets(port, bind, reuse_port=True)
+    chosen = first[0].getsockname()[1]
+    spare = [first]
+
+    def listen() -> list[socket.socket]:
+        return spare.pop() if spare else bind_sockets(chosen, bind, reuse_port=True)
+
     log.info("watchcache supervisor on %s:%d, %d workers", bind, chosen, count)
-    return Supervisor(argv, count, sockets, grace).run()
+    return Supervisor(argv, count, listen, grace).run()

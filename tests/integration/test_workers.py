@@ -7,10 +7,12 @@ with SIGKILL is started again and no client meanwhile sees a 5xx; SIGTERM stops 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,6 +130,41 @@ def fresh_text(proxy: Proxy, path: str) -> tuple[int, str]:
         return resp.status, resp.read().decode()
     finally:
         conn.close()
+
+
+def accepted_by(pid: int, port: int) -> int:
+    """How many client connections to ``port`` the process holds (its accepted sockets)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")  # ESTABLISHED, on the server's side
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            count += os.readlink(fd) in inodes
+    return count
+
+
+def test_a_burst_of_connections_is_spread_over_the_workers(workers: Proxy) -> None:
+    """A client's pool opens its connections at once; were they all given to the worker
+    awake first, the other would serve none of that client's requests."""
+    wait_for(lambda: fresh_text(workers, "/readyz")[0] == 200, "ready")
+    pids = sorted(children(workers.proc.pid))
+    url = urlsplit(workers.base)
+    port = url.port or 80
+    burst = [socket.create_connection((url.hostname or "", port)) for _ in range(32)]
+    try:
+        wait_for(
+            lambda: sum(accepted_by(pid, port) for pid in pids) >= len(burst),
+            "every connection accepted",
+        )
+        held = {pid: accepted_by(pid, port) for pid in pids}
+        assert all(n >= 4 for n in held.values()), held  # about 16 each, by address
+    finally:
+        for sock in burst:
+            sock.close()
 
 
 def test_a_killed_worker_is_started_again_and_no_client_sees_a_5xx(workers: Proxy) -> None:
