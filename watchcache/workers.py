@@ -187,9 +187,9 @@ class Supervisor:
         self.argv = list(argv)
         self.count = count
         self.listen = listen
-        # Each worker's own sockets, the supervisor's copies: a restarted worker takes the
-        # same ones again. None while the worker is dead: closed, so that the kernel sends
-        # its share of new connections to the others meanwhile.
+        # Each worker's own sockets, the supervisor's copies. None while the worker is dead:
+        # closed, so that the kernel sends its share of new connections to the others
+        # meanwhile, and bound anew for its successor.
         self.listening: list[list[socket.socket] | None] = [None] * count
         self.grace = grace
         self.directory = Path(tempfile.mkdtemp(prefix="watchcache-workers-"))
@@ -320,9 +320,7 @@ def supervise(argv: Sequence[str], count: int, bind: str, port: int, grace: floa
     """Binds, then runs the supervisor until a signal; its exit code."""
     from tornado.netutil import bind_sockets
 
-    # One set of sockets per worker on one port (SO_REUSEPORT): the kernel spreads new
-    # connections over them by address. On one shared socket a burst of connections (a
-    # client's pool opening at once) goes to whichever worker is awake first, often all of it.
+    # The first set picks the port (it may be 0) and goes to worker 0; see the module's doc.
     first = bind_sockets(port, bind, reuse_port=True)
     chosen = first[0].getsockname()[1]
     spare = [first]
