@@ -127,8 +127,8 @@ class Watcher:
         self,
         filter_: Filter,
         capacity: int,
-        max_bytes: int = 8 << 20,
-        batch: Callable[[Watcher], None] | None = None,
+        max_bytes: int,
+        batch: Callable[[Watcher], None],
     ) -> None:
         self.filter = filter_
         self.capacity = capacity
@@ -175,7 +175,7 @@ class Watcher:
         self.rv = rv
         if self.batched:
             return True
-        if len(self.frames) == 1 and self.direct is not None and self._batch is not None:
+        if len(self.frames) == 1 and self.direct is not None:
             self.batched = True
             self._batch(self)
         else:
